@@ -1,0 +1,1 @@
+"""Benchmark measurements behind `python -m vishwamai.bench`; each returns data, never prints."""

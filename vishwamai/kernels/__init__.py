@@ -1,0 +1,1 @@
+"""Kernels: attention ops and the fp8 GEMM, each with a plain reference beside it."""

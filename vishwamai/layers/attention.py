@@ -1,0 +1,82 @@
+"""Causal self-attention: projections, RoPE, the KV cache, then one call to the attention op.
+
+`FlashAttention` is the module the seed imports. Which kernel computes softmax(QK^T)V is the
+config's `attention_impl` (see `vishwamai.kernels.attention.attention`); the module itself is
+the same for all of them, so switching kernels never changes the parameters.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
+
+from vishwamai.kernels.attention import attention
+from vishwamai.layers.linear import linear_for
+from vishwamai.layers.rope import apply_rope
+
+
+class FlashAttention(nn.Module):
+    """Multi-head / grouped-query causal self-attention with an optional KV cache.
+
+    Attributes:
+      config: the `ModelConfig`.
+      implementation: overrides `config.attention_impl` when given.
+    """
+
+    config: object
+    implementation: str | None = None
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, *, deterministic: bool = True, decode: bool = False):
+        """Args:
+          x_BTD: `[B, T, D]` normalised input.
+          positions_BT: `[B, T]` absolute positions (used by RoPE).
+          decode: read and append to the 'cache' collection (`cached_key`, `cached_value`,
+            `cache_index`); the cache length is fixed by the input length seen at init.
+        Returns:
+          `[B, T, D]`.
+        """
+        cfg = self.config
+        impl = self.implementation or cfg.attention_impl
+        N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q_BTNH = linear_for(cfg, (N, H), ("embed", "heads", "head_dim"), name="query")(x_BTD)
+        k_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), name="key")(x_BTD)
+        v_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), name="value")(x_BTD)
+        q_BTNH = checkpoint_name(q_BTNH, "query_proj")
+        k_BTKH = checkpoint_name(k_BTKH, "key_proj")
+        v_BTKH = checkpoint_name(v_BTKH, "value_proj")
+        if cfg.position == "rope":
+            q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta)
+            k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta)
+
+        causal, mask = True, None
+        if decode:
+            k_BTKH, v_BTKH, mask = self._update_cache(k_BTKH, v_BTKH)
+            causal = mask is None
+        out_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, causal=causal, mask=mask,
+                             implementation=impl)
+        out_BTNH = nn.Dropout(cfg.dropout_rate)(out_BTNH, deterministic=deterministic)
+        return linear_for(cfg, (cfg.hidden_dim,), ("heads", "head_dim", "embed"), in_axes=2,
+                          name="out")(out_BTNH)
+
+    def _update_cache(self, k_BTKH, v_BTKH):
+        """Writes this call's keys/values at `cache_index`; returns the whole cache and its mask.
+
+        On the initialising call the cache is only created (zeros of the input's shape) and
+        plain causal attention runs, so `init(..., decode=True)` sizes the cache.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        ck = self.variable("cache", "cached_key", jnp.zeros, k_BTKH.shape, k_BTKH.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, v_BTKH.shape, v_BTKH.dtype)
+        idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:
+            return k_BTKH, v_BTKH, None
+        T, S = k_BTKH.shape[1], ck.value.shape[1]
+        i = idx.value
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k_BTKH.astype(ck.value.dtype), (0, i, 0, 0))
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v_BTKH.astype(cv.value.dtype), (0, i, 0, 0))
+        idx.value = i + T
+        q_pos_T = i + jnp.arange(T)
+        mask_TS = jnp.arange(S)[None, :] <= q_pos_T[:, None]
+        return ck.value, cv.value, mask_TS[None, None]

@@ -1,0 +1,69 @@
+"""The one projection layer: every matmul with a weight goes through here (and fp8 with it)."""
+from __future__ import annotations
+
+from math import prod
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Linear(nn.Module):
+    """Contracts the last `in_axes` axes of x with a kernel `[*in_shape, *features]`.
+
+    Attributes:
+      features: output shape, e.g. `(N, H)` for a query projection.
+      kernel_axes: logical axis names of the kernel, one per kernel dimension.
+      in_axes: how many trailing axes of x are contracted (2 for `[.., N, H] -> D`).
+      use_fp8: route the matmul through `fp8_gemm_optimized` (e4m3 forward, e5m2 gradients).
+    """
+
+    features: tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    in_axes: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    use_fp8: bool = False
+    fp8_scaling: str = "tensor"
+
+    @nn.compact
+    def __call__(self, x):
+        features = tuple(self.features)
+        in_shape = tuple(x.shape[x.ndim - self.in_axes:])
+        shape = in_shape + features
+        if len(self.kernel_axes) != len(shape):
+            raise ValueError(f"kernel_axes {self.kernel_axes} must name {len(shape)} dims of {shape}")
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=tuple(range(self.in_axes)),
+            out_axis=tuple(range(self.in_axes, len(shape))))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
+                            shape, self.param_dtype)
+        kernel = kernel.astype(self.dtype)
+        x = x.astype(self.dtype)
+        batch_shape = x.shape[: x.ndim - self.in_axes]
+        if self.use_fp8:
+            from vishwamai.kernels.kernel import fp8_gemm_optimized
+            y = fp8_gemm_optimized(x.reshape(*batch_shape, prod(in_shape)),
+                                   kernel.reshape(prod(in_shape), prod(features)),
+                                   scaling=self.fp8_scaling, out_dtype=self.dtype)
+            y = y.reshape(*batch_shape, *features)
+        else:
+            contract_x = tuple(range(x.ndim - self.in_axes, x.ndim))
+            y = jax.lax.dot_general(x, kernel, ((contract_x, tuple(range(self.in_axes))), ((), ())))
+        if self.use_bias:
+            bias_axes = tuple(self.kernel_axes[self.in_axes:])
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+                              features, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def linear_for(cfg, features, kernel_axes, *, in_axes: int = 1, name: str | None = None,
+               use_bias: bool | None = None) -> Linear:
+    """A `Linear` with the config's dtypes, bias and fp8 switches."""
+    return Linear(features=tuple(features), kernel_axes=tuple(kernel_axes), in_axes=in_axes,
+                  use_bias=cfg.use_bias if use_bias is None else use_bias,
+                  dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                  use_fp8=cfg.use_fp8, fp8_scaling=cfg.fp8_scaling, name=name)

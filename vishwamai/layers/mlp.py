@@ -1,0 +1,29 @@
+"""Feed-forward block: 2-matrix (GELU/ReLU) or gated 3-matrix (SwiGLU/GeGLU, Shazeer 2020)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+from jax.ad_checkpoint import checkpoint_name
+
+from vishwamai.layers.linear import linear_for
+
+_ACT = {"gelu": nn.gelu, "relu": nn.relu, "swiglu": nn.silu, "geglu": nn.gelu}
+
+
+class MLP(nn.Module):
+    """`[B, T, D] -> [B, T, D]`. Gated variants fuse gate and up into one `[D, 2, F]` kernel."""
+
+    config: object
+
+    @nn.compact
+    def __call__(self, x_BTD, deterministic: bool = True):
+        cfg = self.config
+        act = _ACT[cfg.mlp_activation]
+        if cfg.gated_mlp:
+            h = linear_for(cfg, (2, cfg.mlp_dim), ("embed", None, "mlp"), name="wi")(x_BTD)
+            h_BTF = act(h[..., 0, :]) * h[..., 1, :]
+        else:
+            h_BTF = act(linear_for(cfg, (cfg.mlp_dim,), ("embed", "mlp"), name="wi")(x_BTD))
+        h_BTF = checkpoint_name(h_BTF, "mlp_hidden")
+        h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=deterministic)
+        return linear_for(cfg, (cfg.hidden_dim,), ("mlp", "embed"), name="wo")(h_BTF)
