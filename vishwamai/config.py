@@ -7,7 +7,7 @@ whose parameter counts equal the published ones.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -128,10 +128,16 @@ class ModelConfig:
         return DTYPES[self.param_dtype]
 
     def replace(self, **changes) -> "ModelConfig":
-        """A copy with `changes` applied (validated)."""
+        """A copy with `changes` applied (validated).
+
+        A multi-head config (K == N) stays multi-head when only `num_heads` changes.
+        """
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"ModelConfig.replace got unknown fields {sorted(unknown)}")
+        if ("num_heads" in changes and "num_kv_heads" not in changes
+                and self.num_kv_heads == self.num_heads):
+            changes["num_kv_heads"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -17,6 +17,7 @@ class Linear(nn.Module):
       kernel_axes: logical axis names of the kernel, one per kernel dimension.
       in_axes: how many trailing axes of x are contracted (2 for `[.., N, H] -> D`).
       use_fp8: route the matmul through `fp8_gemm_optimized` (e4m3 forward, e5m2 gradients).
+      init_scale: variance of the fan-in initialiser (1.0: unit-variance outputs).
     """
 
     features: tuple[int, ...]
@@ -27,6 +28,7 @@ class Linear(nn.Module):
     param_dtype: Any = jnp.float32
     use_fp8: bool = False
     fp8_scaling: str = "tensor"
+    init_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x):
@@ -36,7 +38,7 @@ class Linear(nn.Module):
         if len(self.kernel_axes) != len(shape):
             raise ValueError(f"kernel_axes {self.kernel_axes} must name {len(shape)} dims of {shape}")
         init = nn.initializers.variance_scaling(
-            1.0, "fan_in", "truncated_normal", in_axis=tuple(range(self.in_axes)),
+            self.init_scale, "fan_in", "truncated_normal", in_axis=tuple(range(self.in_axes)),
             out_axis=tuple(range(self.in_axes, len(shape))))
         kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
                             shape, self.param_dtype)
@@ -61,9 +63,10 @@ class Linear(nn.Module):
 
 
 def linear_for(cfg, features, kernel_axes, *, in_axes: int = 1, name: str | None = None,
-               use_bias: bool | None = None) -> Linear:
+               use_bias: bool | None = None, init_scale: float = 1.0) -> Linear:
     """A `Linear` with the config's dtypes, bias and fp8 switches."""
     return Linear(features=tuple(features), kernel_axes=tuple(kernel_axes), in_axes=in_axes,
                   use_bias=cfg.use_bias if use_bias is None else use_bias,
                   dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                  use_fp8=cfg.use_fp8, fp8_scaling=cfg.fp8_scaling, name=name)
+                  use_fp8=cfg.use_fp8, fp8_scaling=cfg.fp8_scaling, init_scale=init_scale,
+                  name=name)
