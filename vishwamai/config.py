@@ -302,3 +302,16 @@ def seed_configs() -> dict[str, dict]:
         c.update(dropout_rate=0.1, use_enhanced=True, use_rotary=True, use_flash_attn=True,
                  use_rms_norm=True, dtype="bfloat16")
     return dims
+
+
+def resolve_preset(name: str = "auto", *, cpu: str = "tiny", accelerator: str = "base") -> str:
+    """`'auto'` -> a preset sized for the backend JAX runs on (`cpu` on CPU, else `accelerator`).
+
+    Any other name is checked and returned, so a chapter's `preset` parameter accepts both.
+    """
+    if name == "auto":
+        import jax
+
+        return cpu if jax.default_backend() == "cpu" else accelerator
+    get_preset(name)
+    return name

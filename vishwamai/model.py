@@ -67,6 +67,32 @@ def _check_sampling(temperature, top_k, top_p, vocab_size):
         raise ValueError(f"top_p must be in (0, 1] or None; got {top_p!r}")
 
 
+TREE_COMPONENTS = ("embedding", "positions", "attention", "mlp", "norms", "head")
+
+
+def _component(path) -> str:
+    keys = [getattr(k, "key", str(k)) for k in path]
+    if keys[0] == "token_embed":
+        return "embedding"
+    if keys[0] == "position_embed":
+        return "positions"
+    if keys[0] == "lm_head":
+        return "head"
+    if "attention" in keys:
+        return "attention"
+    if "mlp" in keys:
+        return "mlp"
+    if any(k.endswith("norm") for k in keys):
+        return "norms"
+    raise ValueError(f"parameter {'/'.join(keys)} belongs to no known component")
+
+
+def weight_bytes(num_params: int) -> dict:
+    """Bytes to store `num_params` weights in each storage format (scales not included)."""
+    return {"float32": 4 * num_params, "bfloat16": 2 * num_params,
+            "float8_e4m3fn": num_params, "int8": num_params}
+
+
 class VishwamAI:
     """One model, its config and its pure functions.
 
@@ -102,6 +128,17 @@ class VishwamAI:
 
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_params()))
+
+    def param_breakdown(self) -> dict:
+        """Parameters per component, read off the real tree (`jax.eval_shape`: no memory).
+
+        Components: embedding, positions, attention (q, k, v, o), mlp, norms, head; plus total.
+        """
+        counts = dict.fromkeys(TREE_COMPONENTS, 0)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(self.abstract_params()):
+            counts[_component(path)] += leaf.size
+        counts["total"] = sum(counts[c] for c in TREE_COMPONENTS)
+        return counts
 
     # ------------------------------------------------------------------ forward and loss
     def logits(self, params, tokens_BT, *, train: bool = False, rng=None):
