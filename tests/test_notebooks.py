@@ -1,0 +1,96 @@
+"""Every chapter: stored without outputs, parametrised for papermill, executed with CI sizes.
+
+`make test` also runs nbval-lax over the same chapters (see the root conftest.py), with the
+CI parameters below injected by papermill.
+"""
+import json
+import pathlib
+import re
+
+import nbformat
+import papermill
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb"))
+
+# Parameters that make each chapter CI-sized (2 CPU cores); a chapter not listed runs with its
+# own defaults, which are already CPU-small.
+CI_PARAMETERS = {
+    "01_configurations.ipynb": {"seq_len": 16, "new_tokens": 8},
+    "02_architecture.ipynb": {},
+    "03_tpu_optimizations.ipynb": {},
+    "03b_fp8.ipynb": {},
+    "03c_sharding.ipynb": {},
+    "04_memory.ipynb": {},
+    "05_performance.ipynb": {},
+    "appendix_errata.ipynb": {},
+}
+
+
+def _toc_files():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for e in entries:
+            files.append(e["file"])
+            walk(e.get("sections", []))
+
+    for part in toc.get("parts", []):
+        walk(part["chapters"])
+    return files
+
+
+def test_every_chapter_is_in_the_toc_and_has_ci_parameters():
+    listed = {f.split("/")[-1] for f in _toc_files()}
+    for name in CHAPTERS:
+        assert name.removesuffix(".ipynb") in listed, f"{name} is not in _toc.yml"
+        assert name in CI_PARAMETERS, f"{name} has no CI_PARAMETERS entry"
+    for f in _toc_files():
+        path = ROOT / f
+        assert path.with_suffix(".ipynb").exists() or path.with_suffix(".md").exists(), f
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_chapter_structure(name):
+    nb = nbformat.read(BOOK / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not any(c.get("outputs") for c in code), "stored with outputs: strip them"
+    assert all(c.get("execution_count") is None for c in code), "stored with execution counts"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell must be tagged 'parameters'"
+    visible = [c for c in code if "remove-cell" not in c.metadata.get("tags", [])]
+    assert re.search(r"^\s*(import vishwamai|from vishwamai)", visible[0].source, re.M), \
+        "the first code cell imports vishwamai"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), \
+        "a chapter opens with its title"
+    params = {k: v for k, v in CI_PARAMETERS.get(name, {}).items()}
+    for key in params:
+        assert re.search(rf"^{key}\s*=", tagged[0].source, re.M), f"CI parameter {key} is not a parameter"
+
+
+def test_colab_install_cells_use_the_configured_repository():
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    for name in CHAPTERS:
+        src = (BOOK / name).read_text()
+        for found in re.findall(r"git\+(https://[^\s\"'\\]+)", src):
+            assert found == url, f"{name} installs from {found}, _config.yml says {url}"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_chapter_executes_with_ci_parameters(name, tmp_path):
+    out = tmp_path / name
+    papermill.execute_notebook(
+        str(BOOK / name), str(out), parameters=CI_PARAMETERS.get(name, {}),
+        kernel_name="python3", cwd=str(BOOK), progress_bar=False)
+    nb = json.loads(out.read_text())
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == (1 if CI_PARAMETERS.get(name) else 0) or injected
+    produced = sum(len(c.get("outputs", [])) for c in nb["cells"] if c["cell_type"] == "code")
+    assert produced > 0, "the chapter printed nothing"
