@@ -1,7 +1,17 @@
 """Analysis: pure functions of `ModelConfig` (parameters, FLOPs, memory, roofline, hardware).
 
-Every function returns numbers (dicts), never prints; conventions are in each docstring and the
-results are cross-checked against the real parameter tree and the compiler in the tests.
+Every function returns numbers (dicts), never prints; conventions are in each module's
+docstring. `verify` holds the independent checks (the real parameter tree, the compiler's
+`cost_analysis()` and `memory_analysis()`) the tests and chapters compare against; `seed`
+reproduces the seed notebook's formulas for the errata.
 """
+from vishwamai.analysis.flops import (attention_mlp_crossover, decode_flops,  # noqa: F401
+                                      flops, flops_per_token, layer_flops, remat_extra_flops)
 from vishwamai.analysis.hardware import (HARDWARE, Chip, detect_device, get_chip,  # noqa: F401
                                          measure_cpu_peak, peak_flops)
+from vishwamai.analysis.memory import (activation_bytes, attention_scores_bytes,  # noqa: F401
+                                       kv_cache_bytes, logits_bytes, memory, optimizer_bytes,
+                                       saved_per_layer)
+from vishwamai.analysis.params import COMPONENTS, count_params, param_bytes  # noqa: F401
+from vishwamai.analysis.roofline import (hbm_traffic, min_chips, plan, roofline,  # noqa: F401
+                                         step_roofline, tokens_per_second)

@@ -1,0 +1,95 @@
+"""Parameter counts as pure functions of `ModelConfig`, equal to the real parameter tree.
+
+Shape letters: V vocab, L layers, D hidden_dim, N query heads, K kv heads, H head_dim,
+F mlp_dim. The tree this mirrors (`VishwamAI(cfg).abstract_params()`):
+  token_embed/embedding [V, D]; position_embed/embedding [max_seq_len, D] (learned positions);
+  layer_i/attention/{query [D,N,H], key [D,K,H], value [D,K,H], out [N,H,D]}/{kernel, bias?};
+  layer_i/mlp/wi [D,2,F] (gated) or [D,F], wo [F,D] (+ biases);
+  layer_i/{pre_attention_norm, pre_mlp_norm}, final_norm: scale [D] (+ bias [D] for LayerNorm
+  with use_bias); lm_head/kernel [D, V] when embeddings are untied.
+"""
+from __future__ import annotations
+
+from vishwamai.config import DTYPES, ModelConfig, get_preset
+
+# The disjoint components whose sum is 'total' (plot these; the other keys are derived).
+COMPONENTS = ("embedding", "positions", "attention_q", "attention_k", "attention_v",
+              "attention_o", "mlp", "norms", "head")
+
+
+def _cfg(cfg) -> ModelConfig:
+    if isinstance(cfg, str):
+        return get_preset(cfg)
+    return ModelConfig.from_dict(cfg)
+
+
+def count_params(cfg: ModelConfig | str) -> dict:
+    """Parameters per component, summed over all layers.
+
+    Args:
+      cfg: a `ModelConfig`, a seed-format dict, or a preset name.
+
+    Returns:
+      dict of ints. The keys in `COMPONENTS` are disjoint and sum to 'total':
+        embedding (V*D), positions (max_seq_len*D if learned), attention_q/k/v/o (kernels and
+        biases over L layers), mlp (wi + wo, biases), norms (2L+1 norms), head (D*V if untied).
+      Derived keys: attention (q+k+v+o), per_layer (one block), non_embedding (total minus
+      embedding and positions: Kaplan et al.'s N, which keeps an untied head), matmul (weights
+      that enter a matmul per token, the tied embedding counted once as the head: the basis of
+      the 2*N FLOPs per token rule).
+    """
+    c = _cfg(cfg)
+    V, L, D, N, K, H, F = (c.vocab_size, c.num_layers, c.hidden_dim, c.num_heads,
+                           c.num_kv_heads, c.head_dim, c.mlp_dim)
+    bias = c.use_bias
+    q = D * N * H + (N * H if bias else 0)
+    k = D * K * H + (K * H if bias else 0)
+    v = D * K * H + (K * H if bias else 0)
+    o = N * H * D + (D if bias else 0)
+    wi_cols = 2 * F if c.gated_mlp else F
+    mlp = D * wi_cols + F * D + ((wi_cols + D) if bias else 0)
+    norm = D * (2 if (c.norm == "layernorm" and bias) else 1)
+    out = {
+        "embedding": V * D,
+        "positions": c.max_seq_len * D if c.position == "learned" else 0,
+        "attention_q": L * q,
+        "attention_k": L * k,
+        "attention_v": L * v,
+        "attention_o": L * o,
+        "mlp": L * mlp,
+        "norms": (2 * L + 1) * norm,
+        "head": 0 if c.tie_embeddings else D * V,
+    }
+    out["total"] = sum(out[k_] for k_ in COMPONENTS)
+    out["attention"] = L * (q + k + v + o)
+    out["per_layer"] = q + k + v + o + mlp + 2 * norm
+    out["non_embedding"] = out["total"] - out["embedding"] - out["positions"]
+    out["matmul"] = L * (D * (N + 2 * K) * H + N * H * D + D * wi_cols + F * D) + D * V
+    return out
+
+
+def param_bytes(cfg: ModelConfig | str, dtype: str | None = None) -> int:
+    """Bytes of all parameters stored in `dtype` (default: the config's `param_dtype`)."""
+    c = _cfg(cfg)
+    return count_params(c)["total"] * bytes_per(dtype or c.param_dtype)
+
+
+def bytes_per(dtype) -> int:
+    """Bytes of one element of `dtype` ('float32', 'bfloat16', 'int8', 'float8_e4m3fn', ...)."""
+    import numpy as np
+
+    name = str(getattr(dtype, "name", dtype))
+    if name in DTYPES:
+        return np.dtype(DTYPES[name]).itemsize
+    if name.startswith("float8") or name in ("int8", "uint8", "fp8"):
+        return 1
+    return np.dtype(name).itemsize
+
+
+def tree_param_count(params) -> int:
+    """Elements in a parameter pytree (arrays or `ShapeDtypeStruct`s): the independent check."""
+    import math
+
+    import jax
+
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -1,0 +1,223 @@
+"""Roofline time, ideal throughput and a fit planner, from the analytic FLOPs and bytes.
+
+Conventions:
+- A step takes at least max(FLOPs / peak, HBM bytes / bandwidth) on one chip (the roofline);
+  it is compute-bound when its arithmetic intensity (FLOPs per HBM byte) exceeds the chip's
+  ridge point, peak / bandwidth. Communication is not modelled.
+- HBM traffic is a lower-bound estimate (`hbm_traffic`): each weight, gradient, optimizer
+  moment, saved activation and cache entry crosses HBM the minimum number of times.
+- Ideal tokens/s = chips * peak * MFU / (model FLOPs per token): MFU is an input, never a
+  measurement here.
+- The planner counts bytes per chip and says whether they fit in HBM; `headroom` is the
+  fraction of HBM allowed (1.0 = all of it; runtimes reserve some).
+"""
+from __future__ import annotations
+
+import math
+
+from vishwamai.analysis.flops import decode_flops, flops
+from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
+from vishwamai.analysis.memory import (activation_bytes, kv_cache_bytes, optimizer_bytes,
+                                       saved_per_layer)
+from vishwamai.analysis.params import _cfg, bytes_per, count_params
+from vishwamai.config import ModelConfig
+
+SHARDINGS = ("data", "fsdp", "tensor")
+
+
+def roofline(flop_count: float, hbm_bytes: float, hardware: str | Chip,
+             dtype: str = "bfloat16") -> dict:
+    """Roofline time of `flop_count` FLOPs moving `hbm_bytes` bytes on one chip.
+
+    Returns: compute_s, memory_s, time_s (the max), intensity (FLOPs/byte), ridge
+    (peak/bandwidth), bound ('compute' | 'memory'), peak, bandwidth.
+    """
+    chip = get_chip(hardware)
+    peak = peak_flops(dtype, chip)[0]
+    compute_s = flop_count / peak
+    memory_s = hbm_bytes / chip.hbm_bw
+    intensity = flop_count / hbm_bytes if hbm_bytes else math.inf
+    ridge = peak / chip.hbm_bw
+    return {"compute_s": compute_s, "memory_s": memory_s, "time_s": max(compute_s, memory_s),
+            "intensity": intensity, "ridge": ridge,
+            "bound": "compute" if intensity >= ridge else "memory",
+            "peak": peak, "bandwidth": chip.hbm_bw}
+
+
+def hbm_traffic(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "train",
+                cache_len: int | None = None, remat: str | None = None,
+                optimizer: str = "adamw") -> dict:
+    """Minimum HBM bytes one step moves (see module docstring).
+
+    mode 'train': weights read in the forward and twice in the backward (input and weight
+      gradients), gradients written, the optimizer reads params/grads/state and writes
+      params/state, saved activations written once and read once, logits written and read.
+    mode 'prefill': weights read once, activations of one layer written and read, KV written.
+    mode 'decode': weights read once, the KV cache of `cache_len` positions read, one position
+      written; `batch` tokens per step.
+    """
+    c = _cfg(cfg)
+    n = count_params(c)["total"]
+    pb = bytes_per(c.param_dtype)
+    cb = bytes_per(c.dtype)
+    out = {"weights": 0, "gradients": 0, "optimizer": 0, "activations": 0, "kv_cache": 0}
+    if mode == "train":
+        act = activation_bytes(c, batch=batch, seq_len=seq_len, remat=remat)
+        out["weights"] = 3 * n * pb
+        out["gradients"] = n * pb
+        opt = optimizer_bytes(c, optimizer)["total"]
+        out["optimizer"] = 2 * n * pb + 2 * opt
+        out["activations"] = 2 * act["saved"]
+    elif mode == "prefill":
+        out["weights"] = n * pb
+        layer = saved_per_layer(c, batch=batch, seq_len=seq_len, remat="none")["total"]
+        out["activations"] = 2 * layer
+        out["kv_cache"] = kv_cache_bytes(c, batch, seq_len)
+    elif mode == "decode":
+        S = seq_len if cache_len is None else cache_len
+        out["weights"] = n * pb
+        out["kv_cache"] = kv_cache_bytes(c, batch, S) + kv_cache_bytes(c, batch, 1)
+        out["activations"] = 2 * batch * c.vocab_size * cb
+    else:
+        raise ValueError(f"mode={mode!r} is not one of ('train', 'prefill', 'decode')")
+    out["total"] = sum(out.values())
+    return out
+
+
+def step_roofline(cfg: ModelConfig | str, hardware: str | Chip, *, batch: int, seq_len: int,
+                  mode: str = "train", cache_len: int | None = None, remat: str | None = None,
+                  dtype: str = "bfloat16") -> dict:
+    """Roofline of one step on one chip: `roofline` of the step's FLOPs and `hbm_traffic`.
+
+    'train' counts hardware FLOPs (remat recomputation included), 'prefill' the forward,
+    'decode' one token per sequence against `cache_len` cached positions. Adds
+    tokens_per_s = tokens in the step / time_s (the roofline's upper bound).
+    """
+    c = _cfg(cfg)
+    if mode == "train":
+        f = flops(c, batch=batch, seq_len=seq_len, mode="train", remat=remat)["hardware"]
+        tokens = batch * seq_len
+    elif mode == "prefill":
+        f = flops(c, batch=batch, seq_len=seq_len, mode="forward")["total"]
+        tokens = batch * seq_len
+    elif mode == "decode":
+        S = seq_len if cache_len is None else cache_len
+        f = decode_flops(c, batch, S)["total"]
+        tokens = batch
+    else:
+        raise ValueError(f"mode={mode!r} is not one of ('train', 'prefill', 'decode')")
+    traffic = hbm_traffic(c, batch=batch, seq_len=seq_len, mode=mode, cache_len=cache_len,
+                          remat=remat)
+    r = roofline(f, traffic["total"], hardware, dtype)
+    r.update(flops=f, hbm_bytes=traffic["total"], tokens=tokens,
+             tokens_per_s=tokens / r["time_s"])
+    return r
+
+
+def tokens_per_second(cfg: ModelConfig | str, hardware: str | Chip, *, seq_len: int,
+                      chips: int = 1, mfu: float = 0.5, mode: str = "train",
+                      convention: str = "causal", dtype: str = "bfloat16") -> dict:
+    """Ideal tokens/s at a given MFU: chips * peak * mfu / (model FLOPs per token).
+
+    Model FLOPs per token come from `flops` at batch 1 and this sequence length, so attention
+    is counted ('train' = 3x forward; remat excluded, as MFU requires).
+    """
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1]; got {mfu!r}")
+    c = _cfg(cfg)
+    peak, source = peak_flops(dtype, get_chip(hardware))
+    per_token = flops(c, batch=1, seq_len=seq_len, mode=mode, convention=convention,
+                      remat="none")["model"] / seq_len
+    return {"tokens_per_s": chips * peak * mfu / per_token, "flops_per_token": per_token,
+            "peak_per_chip": peak, "chips": chips, "mfu": mfu, "source": source}
+
+
+def _per_chip_batch(batch: int, ways: int) -> int:
+    return -(-batch // ways)
+
+
+def plan(cfg: ModelConfig | str, hardware: str | Chip, chips: int, *, batch: int,
+         seq_len: int, mode: str = "train", remat: str | None = None,
+         sharding: str = "fsdp", optimizer: str = "adamw", loss: str = "full",
+         attention: str | None = None, cache_len: int | None = None,
+         headroom: float = 1.0) -> dict:
+    """Bytes per chip for training or serving on `chips` chips, and whether they fit.
+
+    Args:
+      cfg: the model (`param_dtype`: weights, gradients; `dtype`: activations, KV cache).
+      hardware: a `HARDWARE` key or alias ('h100', 'v5e', ...).
+      chips: number of chips.
+      batch: global batch (sequences); seq_len: T.
+      mode: 'train' or 'serve' (weights + KV cache of `cache_len` (default T) positions +
+        one forward's working set; no gradients or optimizer).
+      sharding: 'data' (everything replicated, batch split), 'fsdp' (weights, gradients and
+        optimizer state split over chips, batch split; one layer's weights gathered at a
+        time), 'tensor' (weights and state split; batch not split; head/MLP-width activations
+        and the KV cache split, the residual stream replicated).
+      remat, optimizer, loss, attention: see `vishwamai.analysis.memory`.
+      headroom: fraction of HBM usable.
+
+    Returns:
+      dict: per_chip (bytes by part and 'total'), hbm (bytes per chip), fits (bool),
+      utilisation (total / hbm), batch_per_chip, and the arguments.
+    """
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding={sharding!r} is not one of {SHARDINGS}")
+    if mode not in ("train", "serve"):
+        raise ValueError(f"mode={mode!r} is not one of ('train', 'serve')")
+    if not (isinstance(chips, int) and chips >= 1):
+        raise ValueError(f"chips must be an int >= 1; got {chips!r}")
+    c = _cfg(cfg)
+    chip = get_chip(hardware)
+    n = count_params(c)["total"]
+    pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
+    shard_states = sharding in ("fsdp", "tensor")
+    ways = chips if shard_states else 1
+    b_chip = batch if sharding == "tensor" else _per_chip_batch(batch, chips)
+    per = {"params": n * pb / ways, "grads": 0.0, "optimizer": 0.0, "activations": 0.0,
+           "workspace": 0.0, "kv_cache": 0.0}
+    per_layer_params = count_params(c)["per_layer"]
+    gather = 2 * per_layer_params * cb if sharding == "fsdp" and chips > 1 else 0
+
+    def split_width(d: dict) -> float:
+        """Tensor parallelism: width-sharded families / chips, the residual stream whole."""
+        if sharding != "tensor":
+            return d["total"]
+        whole = d["residual"] + d["tokens"]
+        return whole + (d["total"] - whole) / chips
+
+    if mode == "train":
+        per["grads"] = n * pb / ways
+        per["optimizer"] = optimizer_bytes(c, optimizer)["total"] / ways
+        act = activation_bytes(c, batch=b_chip, seq_len=seq_len, remat=remat,
+                               attention=attention, loss=loss)
+        per["activations"] = (c.num_layers * split_width(act["per_layer"]) + act["outside"])
+        per["workspace"] = act["workspace"] / (chips if sharding == "tensor" else 1) + gather
+    else:
+        S = seq_len if cache_len is None else cache_len
+        kv_ways = min(chips, c.num_kv_heads) if sharding == "tensor" else 1
+        per["kv_cache"] = kv_cache_bytes(c, b_chip, S) / kv_ways
+        layer = saved_per_layer(c, batch=b_chip, seq_len=seq_len, remat="none",
+                                attention=attention or "flash")
+        head = b_chip * min(seq_len, 128 if loss == "chunked" else seq_len) * c.vocab_size * 4
+        per["workspace"] = split_width(layer) + head + gather
+    per["total"] = sum(per.values())
+    hbm = chip.hbm_bytes
+    return {"per_chip": per, "hbm": hbm, "fits": per["total"] <= headroom * hbm,
+            "utilisation": per["total"] / hbm, "batch_per_chip": b_chip, "chips": chips,
+            "hardware": chip.name, "sharding": sharding, "mode": mode}
+
+
+def min_chips(cfg: ModelConfig | str, hardware: str | Chip, *, batch_per_chip: int = 1,
+              seq_len: int, mode: str = "train", sharding: str = "fsdp",
+              max_chips: int = 4096, **kwargs) -> int | None:
+    """Smallest power-of-two chip count for which `plan` fits (global batch = chips *
+    batch_per_chip; with 'tensor' the batch stays batch_per_chip). None if over `max_chips`."""
+    chips = 1
+    while chips <= max_chips:
+        batch = batch_per_chip if sharding == "tensor" else batch_per_chip * chips
+        if plan(cfg, hardware, chips, batch=batch, seq_len=seq_len, mode=mode,
+                sharding=sharding, **kwargs)["fits"]:
+            return chips
+        chips *= 2
+    return None
