@@ -185,13 +185,17 @@ def detect_device(device=None) -> str:
     return _kind_to_name(kind) or "unknown"
 
 
-@functools.cache
 def measure_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
     """Measured matmul FLOP/s of this host: median over `repeats` of a jitted [n,n]@[n,n].
 
     Counts 2*n**3 FLOPs per matmul; compile and a warm-up call are excluded. Cached per process
     (same arguments -> same number), so a notebook pays for it once.
     """
+    return _measure_matmul(str(getattr(dtype, "name", dtype)), int(n), int(repeats))
+
+
+@functools.cache
+def _measure_matmul(dtype: str, n: int, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
@@ -251,7 +255,7 @@ def peak_flops(dtype="bfloat16", device=None) -> tuple[float, str]:
     else:
         name = detect_device(device)
     if name == "cpu":
-        return measure_cpu_peak("float32"), "measured: jitted float32 matmul on this CPU"
+        return measure_cpu_peak(), "measured: jitted float32 matmul on this CPU"
     if name == "unknown":
         return float("nan"), "no HARDWARE entry for this device kind"
     chip = HARDWARE[name]
