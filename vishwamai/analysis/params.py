@@ -93,3 +93,34 @@ def tree_param_count(params) -> int:
     import jax
 
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def shape_summary(cfg: ModelConfig | str, seq_len: int | None = None) -> dict:
+    """Depth, width and scaling figures of one config, from its real fields.
+
+    (The seed computed these from keys its configs never had and raised KeyError.)
+    Returns: D, L, N, K, H, F; attention_width_ratio N*H/D (1 for most models; the seed's XL
+    has 1.5); mlp_ratio F/D; gqa_group N/K; depth_to_width L/(D/64) (the seed's ratio: layers
+    per 64 channels); params, non_embedding, embedding_share; per_layer params;
+    train_flops_per_token (6N + attention at `seq_len`, default max_seq_len, causal half);
+    kv_bytes_per_token (all layers, compute dtype).
+    """
+    from vishwamai.analysis.flops import flops
+
+    c = _cfg(cfg)
+    T = c.max_seq_len if seq_len is None else seq_len
+    p = count_params(c)
+    f = flops(c, batch=1, seq_len=T, mode="train", remat="none")
+    return {
+        "D": c.hidden_dim, "L": c.num_layers, "N": c.num_heads, "K": c.num_kv_heads,
+        "H": c.head_dim, "F": c.mlp_dim,
+        "attention_width_ratio": c.q_dim / c.hidden_dim,
+        "mlp_ratio": c.mlp_dim / c.hidden_dim,
+        "gqa_group": c.num_heads // c.num_kv_heads,
+        "depth_to_width": c.num_layers / (c.hidden_dim / 64),
+        "params": p["total"], "non_embedding": p["non_embedding"],
+        "embedding_share": (p["embedding"] + p["positions"] + p["head"]) / p["total"],
+        "per_layer": p["per_layer"],
+        "train_flops_per_token": f["model"] / T,
+        "kv_bytes_per_token": 2 * c.num_layers * c.num_kv_heads * c.head_dim * bytes_per(c.dtype),
+    }

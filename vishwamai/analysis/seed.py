@@ -158,3 +158,9 @@ def architecture_analysis_hf_keys(config: Mapping[str, Any]) -> dict:
         "feed_forward_dim": config["intermediate_size"],
         "vocab_size": config["vocab_size"],
     }
+
+
+# The names the seed used, prefixed, for chapters that import them side by side with ours.
+seed_analyze_architecture = analyze_architecture
+seed_analyze_memory_efficiency = analyze_memory_efficiency
+seed_calculate_param_size = calculate_param_size
