@@ -240,3 +240,14 @@ def test_model_accepts_a_preset_name_and_a_dict():
     m = VishwamAI(dict(PRESETS["tiny"].to_dict()))
     assert m.config == PRESETS["tiny"]
     assert isinstance(create_vishwamai_transformer("tiny").cfg, ModelConfig)
+
+
+@pytest.mark.parametrize("name", ["tiny", "gpt2", "xl", "tinyllama_1_1b"])
+def test_tree_breakdown_equals_analytic_components(name):
+    """Per component, the real tree and `analysis.count_params` agree (not just in total)."""
+    from vishwamai.analysis import count_params
+
+    tree = VishwamAI(PRESETS[name].replace(attention_impl="reference")).param_breakdown()
+    analytic = count_params(PRESETS[name])
+    for component in ("embedding", "positions", "attention", "mlp", "norms", "head", "total"):
+        assert tree[component] == analytic[component], component
