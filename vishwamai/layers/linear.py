@@ -63,10 +63,11 @@ class Linear(nn.Module):
 
 
 def linear_for(cfg, features, kernel_axes, *, in_axes: int = 1, name: str | None = None,
-               use_bias: bool | None = None, init_scale: float = 1.0) -> Linear:
-    """A `Linear` with the config's dtypes, bias and fp8 switches."""
+               use_bias: bool | None = None, init_scale: float = 1.0,
+               use_fp8: bool | None = None) -> Linear:
+    """A `Linear` with the config's dtypes, bias and fp8 switches (each overridable)."""
     return Linear(features=tuple(features), kernel_axes=tuple(kernel_axes), in_axes=in_axes,
                   use_bias=cfg.use_bias if use_bias is None else use_bias,
                   dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                  use_fp8=cfg.use_fp8, fp8_scaling=cfg.fp8_scaling, init_scale=init_scale,
+                  use_fp8=cfg.use_fp8 if use_fp8 is None else use_fp8, fp8_scaling=cfg.fp8_scaling, init_scale=init_scale,
                   name=name)
