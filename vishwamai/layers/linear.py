@@ -69,5 +69,5 @@ def linear_for(cfg, features, kernel_axes, *, in_axes: int = 1, name: str | None
     return Linear(features=tuple(features), kernel_axes=tuple(kernel_axes), in_axes=in_axes,
                   use_bias=cfg.use_bias if use_bias is None else use_bias,
                   dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                  use_fp8=cfg.use_fp8 if use_fp8 is None else use_fp8, fp8_scaling=cfg.fp8_scaling, init_scale=init_scale,
-                  name=name)
+                  use_fp8=cfg.use_fp8 if use_fp8 is None else use_fp8,
+                  fp8_scaling=cfg.fp8_scaling, init_scale=init_scale, name=name)
