@@ -14,8 +14,8 @@ Conventions:
   checks them against the compiler (`memory_analysis()` of the compiled forward half).
 - 'workspace' is the extra live memory while the backward pass runs: the layer being
   differentiated (recomputed first when remat is on), the gradient buffers of its scores
-  (reference attention) and the loss's logits gradient. It is an estimate, not compiler-checked:
-  XLA's scheduler and fusion decide it (see Chapter 4).
+  (reference attention) and the loss's probabilities and logits gradient. It is an estimate,
+  not compiler-checked term by term: XLA's scheduler and fusion decide it (see Chapter 4).
 """
 from __future__ import annotations
 
@@ -159,14 +159,16 @@ def activation_bytes(cfg: ModelConfig | str, *, batch: int, seq_len: int,
     layers = c.num_layers * per["total"]
     # Backward workspace: the block being differentiated holds its full residual set (it is
     # recomputed first under remat; without remat it is already counted in 'saved'), plus two
-    # score-sized gradient buffers for dense attention, plus the logits gradient.
+    # score-sized gradient buffers for dense attention, plus the loss's own: with full logits
+    # the probabilities and the logits gradient, two [B,T,V] f32 buffers beside the saved
+    # log-probabilities; chunked, two [B,chunk,V] blocks.
     full_layer = saved_per_layer(c, batch=batch, seq_len=seq_len, remat="none",
                                  attention=attention)
     att = _attention_kind(c, attention)
     score_grads = 2 * F32 * batch * c.num_heads * seq_len * seq_len if att != "flash" else 0
     recompute = full_layer["total"] if remat != "none" else 0
     if loss == "full":
-        logit_grad = batch * seq_len * c.vocab_size * F32
+        logit_grad = 2 * batch * seq_len * c.vocab_size * F32
     else:
         logit_grad = 2 * batch * min(chunk_size, seq_len) * c.vocab_size * F32
     workspace = recompute + score_grads + logit_grad
@@ -223,13 +225,15 @@ def memory(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "tra
       cfg: the model (`param_dtype` for weights/grads, `dtype` for activations).
       batch, seq_len: B and T.
       mode: 'train' (params + grads + optimizer + saved activations + backward workspace) or
-        'inference' (params + KV cache of `cache_len` positions (default T) + one forward's
-        largest live set: one layer's working tensors and the logits).
+        'inference' (params + KV cache of `cache_len` positions (default T; 0 for a plain
+        forward pass) + one block's forward working set + the logits [B,T,V] in the compute
+        dtype, or one chunk of them with loss='chunked').
       remat, optimizer, loss, attention: see `activation_bytes` and `optimizer_bytes`.
 
     Returns:
       dict of bytes: params, grads, optimizer, activations (saved), workspace, kv_cache,
-      logits (bytes of full [B,T,V] f32 logits, for reference), total.
+      logits (inference output; in training the loss's logits are in activations/workspace),
+      total.
     """
     if mode not in ("train", "inference"):
         raise ValueError(f"mode={mode!r} is not one of ('train', 'inference')")
@@ -237,7 +241,7 @@ def memory(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "tra
     n = count_params(c)["total"]
     pb = bytes_per(c.param_dtype)
     out = {"params": n * pb, "grads": 0, "optimizer": 0, "activations": 0, "workspace": 0,
-           "kv_cache": 0, "logits": logits_bytes(c, batch, seq_len)}
+           "kv_cache": 0, "logits": 0}
     if mode == "train":
         act = activation_bytes(c, batch=batch, seq_len=seq_len, remat=remat,
                                attention=attention, loss=loss, chunk_size=chunk_size)
@@ -245,17 +249,34 @@ def memory(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "tra
         out["optimizer"] = optimizer_bytes(c, optimizer)["total"]
         out["activations"] = act["saved"]
         out["workspace"] = act["workspace"]
-        out["per_layer"] = act["per_layer"]["total"]
     else:
         S = seq_len if cache_len is None else cache_len
         out["kv_cache"] = kv_cache_bytes(c, batch, S)
-        layer = saved_per_layer(c, batch=batch, seq_len=seq_len, remat="none",
-                                attention=attention)["total"]
-        head = (logits_bytes(c, batch, seq_len) if loss == "full"
-                else logits_bytes(c, batch, min(chunk_size, seq_len)))
-        out["workspace"] = layer + head
-    out["total"] = sum(v for k, v in out.items() if k not in ("logits", "per_layer"))
+        out["workspace"] = forward_working_set(c, batch=batch, seq_len=seq_len,
+                                               attention=attention)
+        rows = seq_len if loss == "full" else min(chunk_size, seq_len)
+        out["logits"] = logits_bytes(c, batch, rows, c.dtype)
+    out["total"] = sum(out.values())
     return out
+
+
+def forward_working_set(cfg: ModelConfig | str, *, batch: int, seq_len: int,
+                        kv_len: int | None = None, attention: str | None = None) -> int:
+    """Largest live set of one block's forward pass without autodiff (inference), in bytes.
+
+    The residual stream, the normalised input and the block output ([B,T,D] x 3), q/k/v
+    ([B,T,(N+2K)H]), the MLP input projection and activation ([B,T,F] x 2, gated 3), in the
+    compute dtype; with dense attention, the f32 scores and probabilities [B,N,T,S] x 2.
+    """
+    c = _cfg(cfg)
+    cb = bytes_per(c.dtype)
+    S = seq_len if kv_len is None else kv_len
+    BT = batch * seq_len
+    wi = 3 if c.gated_mlp else 2
+    dense = _attention_kind(c, attention) != "flash"
+    scores = 2 * F32 * batch * c.num_heads * seq_len * S if dense else 0
+    return (BT * (3 * c.hidden_dim + (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                  + wi * c.mlp_dim) * cb + scores)
 
 
 def compiled_memory(compiled) -> dict:

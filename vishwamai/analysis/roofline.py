@@ -17,8 +17,8 @@ import math
 
 from vishwamai.analysis.flops import decode_flops, flops
 from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
-from vishwamai.analysis.memory import (activation_bytes, kv_cache_bytes, optimizer_bytes,
-                                       saved_per_layer)
+from vishwamai.analysis.memory import (activation_bytes, forward_working_set, kv_cache_bytes,
+                                       optimizer_bytes)
 from vishwamai.analysis.params import _cfg, bytes_per, count_params
 from vishwamai.config import ModelConfig
 
@@ -70,8 +70,7 @@ def hbm_traffic(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str =
         out["activations"] = 2 * act["saved"]
     elif mode == "prefill":
         out["weights"] = n * pb
-        layer = saved_per_layer(c, batch=batch, seq_len=seq_len, remat="none")["total"]
-        out["activations"] = 2 * layer
+        out["activations"] = 2 * forward_working_set(c, batch=batch, seq_len=seq_len)
         out["kv_cache"] = kv_cache_bytes(c, batch, seq_len)
     elif mode == "decode":
         S = seq_len if cache_len is None else cache_len
@@ -149,7 +148,8 @@ def plan(cfg: ModelConfig | str, hardware: str | Chip, chips: int, *, batch: int
       chips: number of chips.
       batch: global batch (sequences); seq_len: T.
       mode: 'train' or 'serve' (weights + KV cache of `cache_len` (default T) positions +
-        one forward's working set; no gradients or optimizer).
+        one block's forward working set at prefill + last-position logits; no gradients or
+        optimizer).
       sharding: 'data' (everything replicated, batch split), 'fsdp' (weights, gradients and
         optimizer state split over chips, batch split; one layer's weights gathered at a
         time), 'tensor' (weights and state split; batch not split; head/MLP-width activations
@@ -197,10 +197,14 @@ def plan(cfg: ModelConfig | str, hardware: str | Chip, chips: int, *, batch: int
         S = seq_len if cache_len is None else cache_len
         kv_ways = min(chips, c.num_kv_heads) if sharding == "tensor" else 1
         per["kv_cache"] = kv_cache_bytes(c, b_chip, S) / kv_ways
-        layer = saved_per_layer(c, batch=b_chip, seq_len=seq_len, remat="none",
-                                attention=attention or "flash")
-        head = b_chip * min(seq_len, 128 if loss == "chunked" else seq_len) * c.vocab_size * 4
-        per["workspace"] = split_width(layer) + head + gather
+        layer = forward_working_set(c, batch=b_chip, seq_len=seq_len,
+                                    attention=attention or "flash")
+        if sharding == "tensor":  # the [B,T,D] tensors stay whole, the rest splits
+            stream = 3 * b_chip * seq_len * c.hidden_dim * cb
+            layer = stream + (layer - stream) / chips
+        # Serving reads the last position's logits only (prefill), in f32.
+        head = b_chip * c.vocab_size * 4
+        per["workspace"] = layer + head + gather
     per["total"] = sum(per.values())
     hbm = chip.hbm_bytes
     return {"per_chip": per, "hbm": hbm, "fits": per["total"] <= headroom * hbm,

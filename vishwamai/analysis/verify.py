@@ -52,28 +52,38 @@ def train_step(cfg: ModelConfig | str, *, batch: int, seq_len: int, compiler_opt
     return lowered.compile(compiler_options) if compiler_options else lowered.compile()
 
 
-def _residual_output_bytes(m, batch, seq_len) -> int:
+def _forward_half(m):
     def forward_half(p, t):
         return jax.vjp(lambda p: m.loss(p, t), p)[1]  # the residuals the backward pass reads
 
-    compiled = jax.jit(forward_half).lower(m.abstract_params(),
-                                           _tokens(batch, seq_len + 1)).compile()
-    return compiled_memory(compiled)["output"]
+    return forward_half
 
 
 def saved_activations(cfg: ModelConfig | str, *, batch: int, seq_len: int) -> int:
     """The compiler's bytes of activations a training step saves for its backward pass.
 
     Definition: compile the forward half of the step, `p, t -> jax.vjp(loss, p)[1]`, whose
-    outputs are exactly the residuals the backward pass reads (activations, plus the weights
-    it needs). `memory_analysis().output_size_in_bytes` at batch 2B minus the same at batch B
-    removes the weights (which do not grow with the batch) and leaves the activations of B
-    sequences. Independent of XLA's scheduling, so it shows each remat policy's effect on any
-    backend.
+    outputs are exactly the residuals the backward pass reads: the activations, plus the
+    weights it needs. `memory_analysis().output_size_in_bytes` counts them all; the weights
+    are the outputs whose shape does not change with the batch (found by tracing the same
+    function at batch 2B with `jax.eval_shape`, nothing compiled or allocated), and their bytes
+    are subtracted. Independent of XLA's scheduling, so it shows each remat policy's effect on
+    any backend.
     """
+    import math
+
     m = _model(cfg)
-    return (_residual_output_bytes(m, 2 * batch, seq_len)
-            - _residual_output_bytes(m, batch, seq_len))
+    fn = _forward_half(m)
+    params = m.abstract_params()
+    compiled = jax.jit(fn).lower(params, _tokens(batch, seq_len + 1)).compile()
+    total = compiled_memory(compiled)["output"]
+    at_b = jax.tree.leaves(jax.eval_shape(fn, params, _tokens(batch, seq_len + 1)))
+    at_2b = jax.tree.leaves(jax.eval_shape(fn, params, _tokens(2 * batch, seq_len + 1)))
+    if len(at_b) != len(at_2b):
+        raise RuntimeError("the residual structure changed with the batch size")
+    fixed = sum(math.prod(a.shape) * a.dtype.itemsize for a, b in zip(at_b, at_2b)
+                if a.shape == b.shape)
+    return total - fixed
 
 
 def kv_cache_tree_bytes(cfg: ModelConfig | str, batch: int, max_len: int) -> int:
@@ -84,3 +94,27 @@ def kv_cache_tree_bytes(cfg: ModelConfig | str, batch: int, max_len: int) -> int
     shapes = jax.eval_shape(lambda: m.init_cache(batch, max_len))
     return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes)
                if x.ndim == 4)
+
+
+def loss_step(cfg: ModelConfig | str, *, batch: int, seq_len: int, loss: str = "full",
+              chunk_size: int = 128, compiler_options=None):
+    """Compiled gradient of the next-token loss with full logits or the chunked loss.
+
+    'full': `VishwamAI.loss` (builds the [B, T, V] f32 log-probabilities). 'chunked':
+    `vishwamai.train.chunked_cross_entropy` on the hidden states (one [B, chunk, V] block of
+    logits at a time). Read the result with `compiled_memory`.
+    """
+    m = _model(cfg)
+    c = m.config
+    if loss == "full":
+        fn = lambda p, t: m.loss(p, t)  # noqa: E731
+    elif loss == "chunked":
+        from vishwamai.train import chunked_cross_entropy, head_weight
+
+        def fn(p, t):
+            h = m.hidden(p, t[:, :-1])
+            return chunked_cross_entropy(h, head_weight(p, c), t[:, 1:], chunk_size=chunk_size)
+    else:
+        raise ValueError(f"loss={loss!r} is not one of ('full', 'chunked')")
+    lowered = jax.jit(jax.grad(fn)).lower(m.abstract_params(), _tokens(batch, seq_len + 1))
+    return lowered.compile(compiler_options) if compiler_options else lowered.compile()
