@@ -35,13 +35,19 @@ from jax import lax
 
 IMPLEMENTATIONS = ("auto", "reference", "flash", "xla", "cudnn", "pallas_tpu")
 
-# Default (block_q, block_k) of `flash_attention` per backend. CPU values were tuned with
-# `python -m vishwamai.benchmarks.attention --tune` (2-core AVX-512 host, B=1, N=8, H=64, f32):
-# large blocks amortise the per-block loop overhead, small ones waste less of the diagonal.
-DEFAULT_BLOCKS = {"cpu": (512, 512), "gpu": (128, 128), "tpu": (512, 512)}
+# Default (block_q, block_k) of `flash_attention` per backend. The CPU pair was chosen with
+# `python -m vishwamai.benchmarks.attention --tune --seq-lens 4096` (2-core AVX-512 host, B=1,
+# N=8, H=64, f32, causal fwd+bwd): 512-wide tiles were 1.2-2x slower (a 512x512 f32 tile per
+# head no longer stays in cache, and the diagonal wastes more), 128/256 mixes within noise of
+# 256x256, which keeps the loop short. GPU/TPU values follow the vendor kernels' tiles; there
+# `auto` prefers cuDNN / Pallas anyway.
+DEFAULT_BLOCKS = {"cpu": (256, 256), "gpu": (128, 128), "tpu": (512, 512)}
 
-# 'auto' on CPU switches from XLA's dense attention to 'flash' from this many query*key pairs on.
-_CPU_FLASH_MIN_PAIRS = 1024 * 1024
+# 'auto' on CPU switches from XLA's dense attention to 'flash' from this many query*key pairs
+# on. Measured fwd+bwd (causal, f32, N=8, H=64), flash already runs faster at T=256 (its
+# backward does less work than autodiff of softmax), but its loops take ~1 s longer to
+# compile, which short calls (tests, short prompts) would not win back.
+_CPU_FLASH_MIN_PAIRS = 512 * 512
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,6 +314,29 @@ def _flash_backward(cfg: _FlashConfig, q, k, v, aux, o, lse, do):
     init = (jnp.zeros_like(q), jnp.zeros((B, K, Sp, H), jnp.float32),
             jnp.zeros((B, K, Sp, H), jnp.float32))
     return lax.fori_loop(0, n_k, k_block, init)
+
+
+def flash_tile_map(T: int, S: int, *, causal: bool = True, block_q: int | None = None,
+                   block_k: int | None = None, backend: str | None = None):
+    """Which `[block_q, block_k]` tiles `flash_attention` computes, as an int array
+    `[n_q, n_k]`: 0 skipped by the loop bounds, 1 computed whole, 2 computed with masked pairs
+    (the causal diagonal and internal key padding). The same block plan as the kernel."""
+    import numpy as np
+    default_q, default_k = DEFAULT_BLOCKS.get(backend or jax.default_backend(),
+                                              DEFAULT_BLOCKS["gpu"])
+    bq, n_q = _plan_blocks(T, block_q or default_q)
+    bk, n_k = _plan_blocks(S, block_k or default_k)
+    q_first = np.arange(n_q)[:, None] * bq
+    q_last = q_first + bq - 1
+    k_first = np.arange(n_k)[None, :] * bk
+    k_last = k_first + bk - 1
+    tiles = np.ones((n_q, n_k), dtype=int)
+    partial = np.broadcast_to(k_last >= S, (n_q, n_k)).copy()
+    if causal:
+        tiles[k_first > q_last] = 0
+        partial |= k_last > q_first
+    tiles[(tiles == 1) & partial] = 2
+    return tiles
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -609,8 +638,8 @@ def select_implementation(q, k, *, mask=None, q_segment_ids=None, backend: str |
 
     TPU: the Pallas splash kernel unless a general (non key-padding) mask is given, then
     'flash'. NVIDIA GPU: cuDNN for bf16/fp16 with a supported head dim, else 'flash' for long
-    sequences and 'xla' for short ones. CPU: 'flash' from T*S >= 1024*1024 (where XLA's dense
-    path loses on time and memory), 'xla' below.
+    sequences and 'xla' for short ones. CPU: 'flash' from T*S >= 512*512 (where it is faster
+    and far smaller than XLA's dense path), 'xla' below (where its compile time dominates).
     """
     backend = backend or jax.default_backend()
     T, S = q.shape[1], k.shape[1]
@@ -620,8 +649,11 @@ def select_implementation(q, k, *, mask=None, q_segment_ids=None, backend: str |
     if backend == "tpu":
         return "flash" if general_mask else "pallas_tpu"
     if backend in ("gpu", "cuda") and "cudnn" in available_implementations(backend):
+        # cuDNN takes masks as a dense bias: with segment ids or a general mask on a long
+        # sequence the O(T*S) bias costs more than flash's tiles.
+        dense_bias = general_mask or q_segment_ids is not None
         if (q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 8 == 0
-                and q.shape[-1] <= 128):
+                and q.shape[-1] <= 128 and not (dense_bias and long)):
             return "cudnn"
     return "flash" if long else "xla"
 
