@@ -80,3 +80,112 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     return any(m in str(exc) for m in _OOM_MARKERS)
+
+
+# ----------------------------------------------------------------------------------------------
+# peaks, sweeps and result files
+# ----------------------------------------------------------------------------------------------
+
+def measure_matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5,
+                        reps: int = 4) -> float:
+    """A fresh (uncached) reading of this host's jitted-matmul FLOP/s.
+
+    The method of `vishwamai.analysis.hardware.measure_cpu_peak` (a jitted chain of `reps`
+    [n,n]@[n,n] matmuls, 2*n**3 FLOPs each, median of `repeats` warm calls), which caches one
+    reading per process; benchmarks read it again before and after their runs, because a shared
+    machine's throughput drifts, and divide by the higher reading.
+    """
+    import jax.numpy as jnp
+    x = jnp.ones((n, n), dtype)
+    y = jnp.ones((n, n), dtype)
+
+    @jax.jit
+    def f(a, b):
+        acc = a
+        for _ in range(reps):
+            acc = (acc @ b) * (1.0 / n)
+        return acc
+
+    f(x, y).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(x, y).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return reps * 2.0 * n**3 / float(np.median(times))
+
+
+def device_peak(dtype: str = "float32") -> tuple[float, str]:
+    """(peak FLOP/s, source) of the first device: the hardware table on accelerators, a fresh
+    measurement on CPU; (nan, reason) when neither is available."""
+    if jax.default_backend() == "cpu":
+        return measure_matmul_peak("float32"), "measured: jitted float32 matmul on this CPU"
+    try:
+        from vishwamai.analysis.hardware import peak_flops
+        return peak_flops(dtype)
+    except Exception as e:  # missing library or unknown chip
+        return float("nan"), f"no peak available: {e}"
+
+
+def oom_row(params: dict, exc: BaseException) -> dict:
+    """The row recorded for a configuration that ran out of memory."""
+    msg = str(exc).strip().splitlines()
+    return {**params, "status": "oom", "error": (msg[0] if msg else type(exc).__name__)[:300]}
+
+
+def run_sweep(measure, grid, *, desc: str = "sweep", progress: bool = True) -> list[dict]:
+    """Calls `measure(**params)` for each dict in `grid` behind a tqdm progress bar.
+
+    A run that fails for lack of memory (`is_oom`) becomes a row with status 'oom' and the
+    sweep goes on; any other error propagates. Successful rows get status 'ok'.
+    """
+    grid = list(grid)
+    rows = []
+    try:
+        from tqdm.auto import tqdm
+        it = tqdm(grid, desc=desc, disable=not progress, leave=False)
+    except ImportError:  # tqdm is optional for the harness itself
+        it = grid
+    for params in it:
+        try:
+            row = measure(**params)
+            rows.append({**params, **row, "status": row.get("status", "ok")})
+        except Exception as e:  # noqa: BLE001 - classified just below
+            if not is_oom(e):
+                raise
+            rows.append(oom_row(params, e))
+    return rows
+
+
+def results_frame(rows):
+    """Rows as a pandas DataFrame (list-valued columns kept as they are)."""
+    import pandas as pd
+    return pd.DataFrame(list(rows))
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return None if x != x or x in (float("inf"), float("-inf")) else x
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    return x
+
+
+def save_results(path: str, payload: dict) -> str:
+    """Writes `payload` plus `env_info()` (under 'env') as JSON; NaN becomes null."""
+    import json
+    import os
+    payload = dict(payload)
+    payload.setdefault("env", env_info())
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_jsonable(payload), f, indent=1)
+    return path

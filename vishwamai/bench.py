@@ -1,0 +1,215 @@
+"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,attention,gemm,report}`.
+
+    python -m vishwamai.bench forward --preset small --batch 1 8 --seq 256 --out fwd.json
+    python -m vishwamai.bench train --preset small --batch 8 --seq 256 --remat none full
+    python -m vishwamai.bench attention ...          # vishwamai.benchmarks.attention
+    python -m vishwamai.bench gemm ...               # vishwamai.benchmarks.gemm
+    python -m vishwamai.bench report --out book/results/h100.json
+
+Every subcommand warms up, reports compile time apart, takes the median and spread of repeats,
+records an out-of-memory point as a row, prints a table and (with `--out`) writes JSON with the
+environment (device, versions, date) attached. `report` runs the accelerator suite the book
+shows (seed presets base and large in bf16: forward and training sweeps, attention and GEMM
+benchmarks) into one file, inside a time budget.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from typing import Sequence
+
+from vishwamai.config import DTYPES, PRESETS, REMAT_POLICIES
+
+EXTERNAL = {"attention": "vishwamai.benchmarks.attention", "gemm": "vishwamai.benchmarks.gemm"}
+SECTIONS = ("forward", "train", *EXTERNAL)
+
+
+def _preset(name: str) -> str:
+    if name != "auto" and name not in PRESETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown preset {name!r}; choose 'auto' or one of {sorted(PRESETS)}")
+    return name
+
+
+def _dtype(name: str) -> str:
+    if name not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return name
+
+
+def _remat(name: str) -> str:
+    if name not in REMAT_POLICIES:
+        raise argparse.ArgumentTypeError(
+            f"unknown remat policy {name!r}; choose one of {list(REMAT_POLICIES)}")
+    return name
+
+
+def _positive(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser, *, repeats: int) -> None:
+    p.add_argument("--preset", type=_preset, default="auto",
+                   help="model preset ('auto': small on CPU, base on accelerators)")
+    p.add_argument("--batch", type=_positive, nargs="+", default=[8], help="batch sizes")
+    p.add_argument("--seq", type=_positive, nargs="+", default=[256], help="sequence lengths")
+    p.add_argument("--dtype", type=_dtype, default=None, help="compute dtype (default: preset's)")
+    p.add_argument("--attention-impl", default=None, help="attention kernel override")
+    p.add_argument("--repeats", type=_positive, default=repeats, help="timed repeats")
+    p.add_argument("--warmup", type=_positive, default=1, help="untimed warm-up calls")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vishwamai.bench",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("forward", help="forward latency and throughput (logits)")
+    _common(p, repeats=5)
+    p = sub.add_parser("train", help="training step tokens/s and MFU")
+    _common(p, repeats=3)
+    p.add_argument("--remat", type=_remat, nargs="+", default=[None],
+                   help="remat policies to sweep (default: the preset's)")
+    p.add_argument("--accum-steps", type=_positive, default=1, help="gradient accumulation")
+    p = sub.add_parser("report", help="the accelerator suite for the book, into one JSON file")
+    p.add_argument("--out", required=True, help="JSON file (e.g. book/results/h100.json)")
+    p.add_argument("--presets", type=_preset, nargs="+", default=["base", "large"])
+    p.add_argument("--dtype", type=_dtype, default="bfloat16")
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="stop starting new measurements after this many seconds")
+    p.add_argument("--quick", action="store_true", help="one point per sweep (smoke test)")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                   help="which parts of the suite to run (default: all)")
+    p.add_argument("--no-progress", action="store_true")
+    for name, module in EXTERNAL.items():
+        p = sub.add_parser(name, help=f"{name} benchmark ({module})")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            p.set_defaults(_missing=f"{module} is not available: {e}")
+            continue
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def _print_table(rows, columns) -> None:
+    from vishwamai.benchmarks.harness import results_frame
+    df = results_frame(rows)
+    cols = [c for c in columns if c in df.columns]
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 30):
+        print(df[cols].to_string(index=False))
+
+
+_COLUMNS = ("kind", "model", "dtype", "remat", "batch_size", "seq_len", "status", "compile_s",
+            "median_s", "p10_s", "p90_s", "tokens_per_s", "mfu", "mfu_best")
+
+
+def _run_model(args, kind: str) -> dict:
+    from vishwamai.benchmarks import model as mb
+    from vishwamai.benchmarks.harness import env_info, save_results
+    kw = dict(dtype=args.dtype, attention_impl=args.attention_impl, repeats=args.repeats,
+              warmup=args.warmup)
+    rows = []
+    if kind == "forward":
+        rows = mb.sweep("forward", args.preset, batch_sizes=args.batch, seq_lens=args.seq,
+                        progress=not args.no_progress, **kw)
+    else:
+        for remat in args.remat:
+            rows += mb.sweep("train", args.preset, batch_sizes=args.batch, seq_lens=args.seq,
+                             progress=not args.no_progress, remat=remat,
+                             accum_steps=args.accum_steps, **kw)
+    payload = {"kind": kind, "rows": rows, "env": env_info()}
+    _print_table(rows, _COLUMNS)
+    if args.out:
+        save_results(args.out, payload)
+        print(f"wrote {args.out}")
+    return payload
+
+
+def run_report(args) -> dict:
+    """The accelerator suite: seed presets in bf16, forward and training sweeps, attention and
+    GEMM benchmarks, each section skipped (and said so) once `budget_s` has been used."""
+    from vishwamai.benchmarks import model as mb
+    from vishwamai.benchmarks.harness import device_peak, env_info, save_results
+    t_start = time.perf_counter()
+    payload = {"kind": "report", "env": env_info(), "sections": {}, "skipped": []}
+    peak = device_peak(args.dtype)
+    payload["peak_flops_per_s"], payload["peak_source"] = peak
+    quick = args.quick
+
+    def budget_left() -> bool:
+        return time.perf_counter() - t_start < args.budget_s
+
+    plan = []
+    for preset in args.presets:
+        fwd_b = [8] if quick else [1, 8, 32]
+        plan.append((f"forward/{preset}", "forward", preset,
+                     dict(batch_sizes=fwd_b, seq_lens=[512] if not quick else [128])))
+        if not quick:
+            plan.append((f"forward_long/{preset}", "forward", preset,
+                         dict(batch_sizes=[8], seq_lens=[2048])))
+        tr = [("none", [8])] if quick else [("none", [8, 32]), ("full", [32])]
+        for remat, bs in tr:
+            plan.append((f"train/{preset}/{remat}", "train", preset,
+                         dict(batch_sizes=bs, seq_lens=[512] if not quick else [128],
+                              remat=remat)))
+    for name, kind, preset, kw in plan:
+        if kind not in args.sections:
+            continue
+        if not budget_left():
+            payload["skipped"].append(name)
+            continue
+        rows = mb.sweep(kind, preset, dtype=args.dtype, progress=not args.no_progress,
+                        peak=peak, repeats=3 if kind == "train" else 5, **kw)
+        payload["sections"][name] = rows
+        save_results(args.out, payload)          # keep what is done if a later part dies
+    for name, module in EXTERNAL.items():
+        if name not in args.sections:
+            continue
+        if not budget_left():
+            payload["skipped"].append(name)
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            payload["skipped"].append(f"{name} ({e})")
+            continue
+        sub = argparse.ArgumentParser()
+        mod.add_arguments(sub)
+        sub_args = sub.parse_args([])
+        payload["sections"][name] = mod.main(sub_args)
+        save_results(args.out, payload)
+    payload["elapsed_s"] = time.perf_counter() - t_start
+    save_results(args.out, payload)
+    for name, rows in payload["sections"].items():
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict) and "kind" in rows[0]:
+            print(f"== {name}")
+            _print_table(rows, _COLUMNS)
+    print(f"wrote {args.out} in {payload['elapsed_s']:.0f} s; skipped: {payload['skipped']}")
+    return payload
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("forward", "train"):
+        return _run_model(args, args.command)
+    if args.command == "report":
+        return run_report(args)
+    if getattr(args, "_missing", None):
+        parser.error(args._missing)
+    return args._module.main(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

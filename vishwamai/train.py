@@ -1,0 +1,472 @@
+"""Training: chunked cross-entropy, AdamW with warm-up and cosine decay, mixed precision,
+rematerialisation, gradient accumulation and a jitted train step that donates its state.
+
+Shape letters as everywhere in the package: B batch, T sequence, D width, V vocabulary.
+
+The loss never builds the `[B, T, V]` f32 logits the seed ran out of memory on: the sequence is
+cut into chunks of `chunk_size` positions and each chunk's logits live only inside one step of a
+`lax.scan`. With a head *weight* the scan computes the loss and its gradients in the same pass
+(a `jax.custom_vjp`: the backward pass only scales the stored gradients), so no chunk is ever
+recomputed; with a head *function* each chunk is wrapped in `jax.checkpoint` instead and its
+logits are recomputed in the backward pass.
+
+Mixed precision is the config's two dtypes: parameters (and the optimizer's moments and the
+gradients) stay in `param_dtype` (f32 "master" weights); matmuls run in `dtype` (e.g. bf16);
+norms, softmax and the loss compute in f32.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vishwamai.config import ModelConfig, REMAT_POLICIES, DTYPES
+
+DEFAULT_CHUNK = 128
+_SINGLE_EXP = True
+
+
+# ============================================================================================
+# chunked cross-entropy
+# ============================================================================================
+
+def _pad_and_chunk(x, n: int, chunk: int, fill=0):
+    """`[B, T, ...]` -> `[n, B, chunk, ...]`, padding T up to `n * chunk` with `fill`."""
+    B, T = x.shape[:2]
+    pad = n * chunk - T
+    if pad:
+        widths = [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
+        x = jnp.pad(x, widths, constant_values=fill)
+    return x.reshape(B, n, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _unchunk(x_nBC, T: int):
+    """`[n, B, chunk, ...]` -> `[B, T, ...]` (drops the padding)."""
+    n, B, C = x_nBC.shape[:3]
+    return x_nBC.swapaxes(0, 1).reshape(B, n * C, *x_nBC.shape[3:])[:, :T]
+
+
+def _chunk_logits(h_BCD, w_DV):
+    return jnp.einsum("BCD,DV->BCV", h_BCD, w_DV.astype(h_BCD.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def _nll_from_logits(logits_BCV, t_BC, m_BC):
+    """Per-position negative log-likelihood (f32) times the mask, and the log-sum-exp."""
+    lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
+    tgt_BC = jnp.take_along_axis(logits_BCV, t_BC[..., None], axis=-1)[..., 0]
+    return (lse_BC - tgt_BC) * m_BC, lse_BC
+
+
+def _fused_forward(h_BTD, w_DV, t_BT, m_BT, chunk: int, with_grads: bool):
+    """Scan over sequence chunks; returns the masked NLL sum and, if asked, (dh, dw) of it."""
+    B, T, D = h_BTD.shape
+    V = w_DV.shape[-1]
+    n = -(-T // chunk)
+    h_n = _pad_and_chunk(h_BTD, n, chunk)
+    t_n = _pad_and_chunk(t_BT, n, chunk)
+    m_n = _pad_and_chunk(m_BT, n, chunk)
+    w_c = w_DV.astype(h_BTD.dtype)
+
+    if not with_grads:
+        def body(total, xs):
+            h, t, m = xs
+            nll, _ = _nll_from_logits(_chunk_logits(h, w_c), t, m)
+            return total + jnp.sum(nll), None
+
+        total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_n, t_n, m_n))
+        return total, None
+
+    def body(carry, xs):
+        total, dw_DV = carry
+        h, t, m = xs
+        logits = _chunk_logits(h, w_c)
+        if _SINGLE_EXP:
+            # One exp per logit: e = exp(logits - max) gives both the log-sum-exp and the
+            # softmax (on CPU elementwise work runs on one core; exp dominates it).
+            mx = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+            e = jnp.exp(logits - mx[..., None])
+            s = jnp.sum(e, axis=-1)
+            lse = mx + jnp.log(s)
+            tgt = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+            nll = (lse - tgt) * m
+            g_BCV = e * (m / s)[..., None] - jax.nn.one_hot(t, V, dtype=jnp.float32) * m[..., None]
+            g_BCV = g_BCV.astype(h.dtype)
+        else:
+            nll, lse = _nll_from_logits(logits, t, m)
+            # d(sum nll)/d logits = (softmax - onehot) * mask, formed in f32 and fused by XLA.
+            g_BCV = (jnp.exp(logits - lse[..., None]) - jax.nn.one_hot(t, V, dtype=jnp.float32))
+            g_BCV = (g_BCV * m[..., None]).astype(h.dtype)
+        dh = jnp.einsum("BCV,DV->BCD", g_BCV, w_c, preferred_element_type=jnp.float32)
+        dw_DV = dw_DV + jnp.einsum("BCD,BCV->DV", h, g_BCV, preferred_element_type=jnp.float32)
+        return (total + jnp.sum(nll), dw_DV), dh.astype(h_BTD.dtype)
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((D, V), jnp.float32))
+    (total, dw), dh_n = jax.lax.scan(body, init, (h_n, t_n, m_n))
+    return total, (_unchunk(dh_n, T), dw.astype(w_DV.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused_ce_sum(h_BTD, w_DV, t_BT, m_BT, chunk):
+    return _fused_forward(h_BTD, w_DV, t_BT, m_BT, chunk, with_grads=False)[0]
+
+
+def _fused_ce_sum_fwd(h_BTD, w_DV, t_BT, m_BT, chunk):
+    total, grads = _fused_forward(h_BTD, w_DV, t_BT, m_BT, chunk, with_grads=True)
+    return total, grads
+
+
+def _fused_ce_sum_bwd(chunk, grads, g):
+    dh, dw = grads
+    return (dh * g.astype(dh.dtype), dw * g.astype(dw.dtype), None, None)
+
+
+_fused_ce_sum.defvjp(_fused_ce_sum_fwd, _fused_ce_sum_bwd)
+
+
+def _checkpointed_ce_sum(h_BTD, head_fn, t_BT, m_BT, chunk: int):
+    """Scan over chunks; each chunk's logits are recomputed in the backward pass."""
+    B, T, _ = h_BTD.shape
+    n = -(-T // chunk)
+
+    @jax.checkpoint
+    def chunk_nll(h, t, m):
+        nll, _ = _nll_from_logits(head_fn(h).astype(jnp.float32), t, m)
+        return jnp.sum(nll)
+
+    def body(total, xs):
+        return total + chunk_nll(*xs), None
+
+    xs = (_pad_and_chunk(h_BTD, n, chunk), _pad_and_chunk(t_BT, n, chunk),
+          _pad_and_chunk(m_BT, n, chunk))
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
+    return total
+
+
+def cross_entropy_sum(hidden_BTD, head_weight_or_fn, targets_BT, *,
+                      chunk_size: int = DEFAULT_CHUNK, mask=None):
+    """Sum over counted positions of the next-token NLL, and the count. See
+    `chunked_cross_entropy`; returns `(nll_sum, count)`, both f32 scalars."""
+    if hidden_BTD.ndim != 3:
+        raise ValueError(f"hidden must be [B, T, D]; got shape {hidden_BTD.shape}")
+    B, T, D = hidden_BTD.shape
+    if targets_BT.shape != (B, T):
+        raise ValueError(f"targets must be [B, T]=({B}, {T}); got {targets_BT.shape}")
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
+    chunk = min(chunk_size, T)
+    m_BT = jnp.ones((B, T), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+    if m_BT.shape != (B, T):
+        raise ValueError(f"mask must be [B, T]=({B}, {T}); got {m_BT.shape}")
+    t_BT = jnp.asarray(targets_BT, jnp.int32)
+    if callable(head_weight_or_fn):
+        total = _checkpointed_ce_sum(hidden_BTD, head_weight_or_fn, t_BT, m_BT, chunk)
+    else:
+        w = head_weight_or_fn
+        if w.ndim != 2 or w.shape[0] != D:
+            raise ValueError(f"head weight must be [D, V] with D={D}; got shape {w.shape}")
+        total = _fused_ce_sum(hidden_BTD, w, t_BT, m_BT, chunk)
+    return total, jnp.sum(m_BT)
+
+
+def chunked_cross_entropy(hidden_BTD, head_weight_or_fn, targets_BT, *,
+                          chunk_size: int = DEFAULT_CHUNK, mask=None):
+    """Mean next-token cross-entropy without materialising the `[B, T, V]` logits.
+
+    `hidden_BTD[:, t]` is the final-normed hidden state whose logits predict `targets_BT[:, t]`
+    (the caller shifts: hidden of tokens 0..T-2, targets tokens 1..T-1). The sequence is cut
+    into chunks of `chunk_size` positions; only one `[B, chunk, V]` block of f32 logits exists
+    at a time, in the forward and in the backward pass.
+
+    Args:
+      hidden_BTD: `[B, T, D]` hidden states in the compute dtype.
+      head_weight_or_fn: the output head, either its weight `[D, V]` (logits = h @ W; for tied
+        embeddings pass `embedding.T`) or a function `h_BCD -> logits_BCV`. With a weight, the
+        loss and its gradients are computed in one pass over the chunks (nothing recomputed);
+        with a function, each chunk is `jax.checkpoint`-ed and recomputed in the backward pass.
+      targets_BT: `[B, T]` int target ids.
+      chunk_size: positions per chunk (clipped to T; T need not be a multiple).
+      mask: optional `[B, T]` weights (1 = count the position, 0 = ignore).
+
+    Returns:
+      The f32 scalar `sum(nll * mask) / max(sum(mask), 1)`, equal to `cross_entropy(h @ W, t)`.
+    """
+    total, count = cross_entropy_sum(hidden_BTD, head_weight_or_fn, targets_BT,
+                                     chunk_size=chunk_size, mask=mask)
+    return total / jnp.maximum(count, 1.0)
+
+
+# ============================================================================================
+# optimizer
+# ============================================================================================
+
+def lr_schedule(learning_rate: float = 3e-4, *, warmup_steps: int = 100, total_steps: int = 1000,
+                min_lr_ratio: float = 0.1) -> Callable:
+    """Linear warm-up from 0 to `learning_rate` (the peak) over `warmup_steps`, then cosine
+    decay to `min_lr_ratio * learning_rate` at `total_steps`."""
+    if not (isinstance(total_steps, int) and total_steps >= 1):
+        raise ValueError(f"total_steps must be an int >= 1; got {total_steps!r}")
+    if not (isinstance(warmup_steps, int) and 0 <= warmup_steps < total_steps):
+        raise ValueError(f"warmup_steps must be an int in [0, total_steps); got {warmup_steps!r}")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
+        decay_steps=total_steps, end_value=learning_rate * min_lr_ratio)
+
+
+def decay_mask(params):
+    """Weight decay applies to matrices (kernels, embeddings), not to norm scales or biases."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(learning_rate: float = 3e-4, *, warmup_steps: int = 100, total_steps: int = 1000,
+                   min_lr_ratio: float = 0.1, weight_decay: float = 0.1, b1: float = 0.9,
+                   b2: float = 0.95, eps: float = 1e-8,
+                   clip_norm: float | None = 1.0) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay on matrices only) behind global-norm clipping, with the
+    warm-up + cosine `lr_schedule`. The current learning rate is kept in the optimizer state
+    (`optax.inject_hyperparams`), so the train step can report it."""
+    schedule = lr_schedule(learning_rate, warmup_steps=warmup_steps, total_steps=total_steps,
+                           min_lr_ratio=min_lr_ratio)
+    adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+        learning_rate=schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+        mask=decay_mask)
+    if clip_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+
+
+# ============================================================================================
+# state and step
+# ============================================================================================
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes: a pytree, donated to the step and returned new."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def _as_model(model_or_cfg, *, dtype=None, remat=None, attention_impl=None):
+    from vishwamai.model import VishwamAI
+    cfg = model_or_cfg.config if isinstance(model_or_cfg, VishwamAI) else model_or_cfg
+    cfg = VishwamAI(cfg).config if not isinstance(cfg, ModelConfig) else cfg
+    changes = {}
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPES)}")
+        changes["dtype"] = dtype
+    if remat is not None:
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
+        changes["remat"] = remat
+    if attention_impl is not None:
+        changes["attention_impl"] = attention_impl
+    if changes:
+        cfg = cfg.replace(**changes)
+    if isinstance(model_or_cfg, VishwamAI) and cfg == model_or_cfg.config:
+        return model_or_cfg
+    return VishwamAI(cfg)
+
+
+def create_train_state(model, optimizer: optax.GradientTransformation, rng, *,
+                       params=None) -> TrainState:
+    """A fresh `TrainState`: parameters from `model.init(rng)` unless given, optimizer state
+    from `optimizer.init`, step 0."""
+    init_rng, rng = jax.random.split(rng)
+    if params is None:
+        params = model.init(init_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params), rng=rng)
+
+
+def head_weight(params, cfg: ModelConfig):
+    """The output head as a `[D, V]` weight (the transposed table when embeddings are tied)."""
+    if cfg.tie_embeddings:
+        return params["token_embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def _split_batch(batch):
+    """`tokens [B, T+1]` or `{'tokens': [B, T+1], 'mask': [B, T]}` -> (tokens, mask or None)."""
+    if isinstance(batch, Mapping):
+        return batch["tokens"], batch.get("mask")
+    return batch, None
+
+
+def make_loss_fn(model, *, chunk_size: int = DEFAULT_CHUNK, train: bool = True):
+    """`loss_sum(params, tokens_BT1, mask_BT, rng) -> (nll_sum, count)` through the chunked loss.
+
+    Positions 0..T-1 of `tokens_BT1` are inputs, 1..T are targets.
+    """
+    cfg = model.config
+
+    def loss_sum(params, tokens_BT1, mask_BT, rng):
+        inputs, targets = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
+        use_dropout = train and cfg.dropout_rate > 0
+        h_BTD = model.hidden(params, inputs, train=use_dropout, rng=rng if use_dropout else None)
+        return cross_entropy_sum(h_BTD, head_weight(params, cfg), targets,
+                                 chunk_size=chunk_size, mask=mask_BT)
+
+    return loss_sum
+
+
+def make_grad_fn(model, *, chunk_size: int = DEFAULT_CHUNK, accum_steps: int = 1,
+                 train: bool = True):
+    """`grad_fn(params, batch, rng) -> (mean loss, grads)`, unjitted.
+
+    With `accum_steps > 1` the batch is split into that many microbatches (row r goes to
+    microbatch r mod accum_steps, so a batch sharded over devices stays evenly sharded) and
+    their gradients are summed in f32 inside a `lax.scan`; only one microbatch's activations
+    are alive at a time. Every position is weighted by 1 / (counted positions in the whole
+    batch), so the result equals the one-shot gradient up to summation order.
+    """
+    if not (isinstance(accum_steps, int) and accum_steps >= 1):
+        raise ValueError(f"accum_steps must be an int >= 1; got {accum_steps!r}")
+    loss_sum = make_loss_fn(model, chunk_size=chunk_size, train=train)
+
+    def grad_fn(params, batch, rng):
+        tokens, mask = _split_batch(batch)
+        B, T1 = tokens.shape
+        if mask is None:
+            mask = jnp.ones((B, T1 - 1), jnp.float32)
+        mask = mask.astype(jnp.float32)
+        denom = jnp.maximum(jnp.sum(mask), 1.0)
+
+        def scaled(p, tok, msk, r):
+            total, _ = loss_sum(p, tok, msk, r)
+            return total / denom
+
+        if accum_steps == 1:
+            return jax.value_and_grad(scaled)(params, tokens, mask, rng)
+        if B % accum_steps:
+            raise ValueError(f"batch size {B} is not divisible by accum_steps={accum_steps}")
+        b = B // accum_steps
+        tok_A = tokens.reshape(b, accum_steps, T1).swapaxes(0, 1)
+        msk_A = mask.reshape(b, accum_steps, T1 - 1).swapaxes(0, 1)
+        rngs = jax.random.split(rng, accum_steps)
+
+        def body(carry, xs):
+            loss_acc, g_acc = carry
+            loss, g = jax.value_and_grad(scaled)(params, *xs)
+            g_acc = jax.tree.map(lambda a, x: a + x.astype(a.dtype), g_acc, g)
+            return (loss_acc + loss, g_acc), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                        (tok_A, msk_A, rngs))
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        return loss, grads
+
+    return grad_fn
+
+
+def current_lr(opt_state):
+    """The learning rate stored by `optax.inject_hyperparams`, or NaN if the optimizer has none."""
+    def find(node):
+        hp = getattr(node, "hyperparams", None)
+        if isinstance(hp, Mapping) and "learning_rate" in hp:
+            return hp["learning_rate"]
+        if isinstance(node, (tuple, list)):
+            for child in node:
+                found = find(child)
+                if found is not None:
+                    return found
+        inner = getattr(node, "inner_state", None)
+        return None if inner is None else find(inner)
+
+    lr = find(opt_state)
+    return jnp.asarray(jnp.nan, jnp.float32) if lr is None else jnp.asarray(lr, jnp.float32)
+
+
+def make_step_fn(model, optimizer, *, chunk_size: int = DEFAULT_CHUNK, accum_steps: int = 1):
+    """The unjitted `step(state, batch) -> (state, metrics)`; `make_train_step` jits it."""
+    grad_fn = make_grad_fn(model, chunk_size=chunk_size, accum_steps=accum_steps)
+
+    def step(state: TrainState, batch):
+        rng, sub = jax.random.split(state.rng)
+        loss, grads = grad_fn(state.params, batch, sub)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": current_lr(opt_state)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                          rng=rng), metrics
+
+    return step
+
+
+def make_train_step(model_or_cfg, optimizer: optax.GradientTransformation, *,
+                    chunk_size: int = DEFAULT_CHUNK, accum_steps: int = 1, donate: bool = True,
+                    dtype: str | None = None, remat: str | None = None,
+                    attention_impl: str | None = None, in_shardings=None, out_shardings=None):
+    """A jitted `step(state, batch) -> (state, metrics)`.
+
+    Args:
+      model_or_cfg: a `VishwamAI`, `ModelConfig`, seed-format dict or preset name.
+      optimizer: e.g. `make_optimizer(...)`.
+      chunk_size: sequence chunk of the cross-entropy (see `chunked_cross_entropy`).
+      accum_steps: microbatches per step (gradient accumulation, see `make_grad_fn`).
+      donate: donate the input state's buffers to the output (halves the state's peak memory;
+        the state passed in is invalid afterwards).
+      dtype, remat, attention_impl: override the config's compute dtype, remat policy and
+        attention kernel (`'bfloat16'` gives bf16 compute over the f32 master parameters).
+      in_shardings, out_shardings: passed to `jax.jit` (see `vishwamai.sharding`).
+
+    The batch is `int [B, T+1]` tokens or `{'tokens': [B, T+1], 'mask': [B, T]}`. Metrics:
+    `loss` (mean over counted positions), `grad_norm` (global, before clipping),
+    `learning_rate` (the one this step applied). The returned function has `.model` (with the
+    overrides applied) and `.step_fn` (unjitted).
+    """
+    model = _as_model(model_or_cfg, dtype=dtype, remat=remat, attention_impl=attention_impl)
+    step = make_step_fn(model, optimizer, chunk_size=chunk_size, accum_steps=accum_steps)
+    kw = {}
+    if in_shardings is not None:
+        kw["in_shardings"] = in_shardings
+    if out_shardings is not None:
+        kw["out_shardings"] = out_shardings
+    jitted = jax.jit(step, donate_argnums=(0,) if donate else (), **kw)
+    jitted.model = model
+    jitted.step_fn = step
+    return jitted
+
+
+def fit(model_or_cfg, batches: Iterable, steps: int, *, optimizer=None, rng=None,
+        state: TrainState | None = None, log_every: int = 1, **step_kw):
+    """Runs `steps` train steps over `batches`; returns `(state, history)`.
+
+    `history` is a list of dicts (step, loss, grad_norm, learning_rate, seconds per step).
+    A convenience for the book and the tests; real runs call the step in their own loop.
+    """
+    optimizer = optimizer or make_optimizer(warmup_steps=max(1, steps // 10), total_steps=steps)
+    step_fn = make_train_step(model_or_cfg, optimizer, **step_kw)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    state = state or create_train_state(step_fn.model, optimizer, rng)
+    history, it = [], iter(batches)
+    for i in range(steps):
+        batch = jnp.asarray(next(it))
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        if (i + 1) % log_every == 0 or i == steps - 1:
+            metrics = jax.device_get(metrics)
+            history.append({"step": i + 1, **{k: float(v) for k, v in metrics.items()},
+                            "seconds": time.perf_counter() - t0})
+    return state, history
+
+
+def eval_loss(model, params, batch, *, chunk_size: int = DEFAULT_CHUNK) -> float:
+    """Mean next-token loss of `params` on one batch (no dropout)."""
+    loss_sum = make_loss_fn(model, chunk_size=chunk_size, train=False)
+    tokens, mask = _split_batch(batch)
+    tokens = jnp.asarray(tokens)
+    if mask is None:
+        mask = jnp.ones((tokens.shape[0], tokens.shape[1] - 1), jnp.float32)
+    total, count = jax.jit(loss_sum)(params, tokens, mask, jax.random.PRNGKey(0))
+    return float(total / jnp.maximum(count, 1.0))
