@@ -1,5 +1,5 @@
 """The decoder and its facade: properties, golden values, the KV cache, and the seed's calls."""
-import os
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,11 @@ TINY_GPT = PRESETS["gpt2"].replace(vocab_size=96, num_layers=2, num_heads=4, hea
                                    hidden_dim=32, mlp_dim=64, max_seq_len=64,
                                    attention_impl="reference")
 F32_TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@functools.cache
+def _tiny_params():
+    return VishwamAI(TINY).init(jax.random.PRNGKey(0))
 
 
 def _tokens(B, T, V, seed=1):
@@ -82,7 +87,7 @@ def test_shapes_dtypes_and_finite(model_and_params):
 
 def test_bf16_compute_returns_bf16_logits():
     model = VishwamAI(TINY.replace(dtype="bfloat16"))
-    params = model.init(jax.random.PRNGKey(0))
+    params = _tiny_params()
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))  # param_dtype stays f32
     logits = model.logits(params, _tokens(2, 8, 256))
     assert logits.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(logits)))
@@ -94,7 +99,7 @@ def test_bf16_compute_returns_bf16_logits():
 def test_causality_by_gradient():
     """d logits[t] / d embedding(token at s) is exactly zero for every s > t (untied head)."""
     model = VishwamAI(TINY)
-    params = model.init(jax.random.PRNGKey(0))
+    params = _tiny_params()
     T = 9
     tokens = jnp.arange(T, dtype=jnp.int32)[None] * 7  # distinct tokens, one row each
     for t in (0, 4, T - 1):
@@ -115,13 +120,16 @@ def test_jit_equals_no_jit(model_and_params):
     np.testing.assert_allclose(eager, jitted, **F32_TOL)
 
 
+@functools.cache
+def _no_remat_loss_and_grads():
+    return jax.jit(jax.value_and_grad(VishwamAI(TINY).loss))(_tiny_params(), _tokens(2, 16, 256))
+
+
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch", "qkv_proj"])
 def test_remat_equals_no_remat(policy):
-    base = VishwamAI(TINY)
-    params = base.init(jax.random.PRNGKey(0))
-    tokens = _tokens(2, 16, 256)
+    params, tokens = _tiny_params(), _tokens(2, 16, 256)
+    l0, g0 = _no_remat_loss_and_grads()
     remat = VishwamAI(TINY.replace(remat=policy))
-    l0, g0 = jax.jit(jax.value_and_grad(base.loss))(params, tokens)
     l1, g1 = jax.jit(jax.value_and_grad(remat.loss))(params, tokens)
     np.testing.assert_allclose(l0, l1, **F32_TOL)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)
@@ -129,7 +137,7 @@ def test_remat_equals_no_remat(policy):
 
 def test_dropout_only_in_training():
     model = VishwamAI(TINY.replace(dropout_rate=0.5))
-    params = model.init(jax.random.PRNGKey(0))
+    params = _tiny_params()  # dropout adds no parameters
     tokens = _tokens(1, 8, 256)
     eval1, eval2 = model.logits(params, tokens), model.logits(params, tokens)
     np.testing.assert_array_equal(eval1, eval2)
@@ -195,7 +203,7 @@ def test_sampling_filters():
 
 def test_sampled_generation_is_reproducible():
     model = VishwamAI(TINY)
-    params = model.init(jax.random.PRNGKey(0))
+    params = _tiny_params()
     prompt = _tokens(1, 3, 256)
     kw = dict(temperature=0.8, top_k=20, top_p=0.95)
     a = model.generate(params, prompt, 8, rng=jax.random.PRNGKey(1), **kw)
@@ -207,14 +215,13 @@ def test_sampled_generation_is_reproducible():
 
 def test_loss_at_init_is_near_uniform():
     model = VishwamAI(TINY)
-    params = model.init(jax.random.PRNGKey(0))
-    loss = float(model.loss(params, _tokens(4, 32, 256)))
+    loss = float(jax.jit(model.loss)(_tiny_params(), _tokens(4, 32, 256)))
     assert abs(loss - np.log(256)) < 0.5, loss
 
 
 def test_save_restore_roundtrip(tmp_path):
     model = VishwamAI(TINY)
-    params = model.init(jax.random.PRNGKey(0))
+    params = _tiny_params()
     model.save(tmp_path / "ckpt", params)
     restored = model.restore(tmp_path / "ckpt")
     jax.tree.map(np.testing.assert_array_equal, params, restored)
@@ -224,11 +231,15 @@ def test_save_restore_roundtrip(tmp_path):
 
 # ---------------------------------------------------------------- the seed's calls
 def test_seed_cells_2_and_5_run_unchanged():
-    """The seed builds `base` from its dict, `init`s it and calls `apply(..., train=False)`."""
+    """The seed builds `base` from its dict, `init`s it and calls `apply(..., train=False)`.
+
+    `init` runs compiled here (the same call under `jax.jit`): eagerly it dispatches 110M
+    parameters' initialisers and a bf16 forward op by op, several times slower on a CPU.
+    """
     configs = seed_configs()
     model = create_vishwamai_transformer(configs["base"])
     x = jnp.ones((2, 64), dtype=jnp.int32)
-    variables = model.init(jax.random.PRNGKey(0), x)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     logits = model.apply(variables, x, train=False)
     assert logits.shape == (2, 64, 32000)
     assert logits.dtype == jnp.bfloat16  # the seed asks for dtype 'bfloat16'
