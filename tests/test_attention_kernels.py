@@ -11,6 +11,7 @@ Tolerances, as max |kernel - reference| <= tol * max(1, max |reference|), per ar
 import functools
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -212,6 +213,33 @@ def test_flash_memory_is_linear_per_the_compiler():
     assert ref > one_logits_matrix
 
 
+def _largest_intermediate(jaxpr) -> int:
+    """Elements of the largest value any equation produces, sub-jaxprs (loops, custom_vjp) included."""
+    biggest = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            biggest = max(biggest, int(np.prod(getattr(var.aval, "shape", ()))))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            biggest = max(biggest, _largest_intermediate(sub))
+    return biggest
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_never_builds_a_t_by_s_array(causal):
+    """Tracing only: no value in the forward+backward program of the causal or unmasked path
+    has as many elements as one head's [T, S] scores (the tiles are [B, K, 64, G, 64])."""
+    B, T, S, N, K, H = 1, 512, 640, 4, 2, 16
+    q = jax.ShapeDtypeStruct((B, T, N, H), jnp.float32)
+    kv = jax.ShapeDtypeStruct((B, S, K, H), jnp.float32)
+    f = lambda q, k, v: A.flash_attention(q, k, v, causal=causal, block_q=64,  # noqa: E731
+                                          block_k=64).sum()
+    jaxpr = jax.make_jaxpr(jax.grad(f, (0, 1, 2)))(q, kv, kv).jaxpr
+    assert _largest_intermediate(jaxpr) < T * S
+    ref = jax.make_jaxpr(jax.grad(lambda q, k, v: A.reference_attention(q, k, v).sum(),
+                                  (0, 1, 2)))(q, kv, kv).jaxpr
+    assert _largest_intermediate(ref) >= B * N * T * S      # the check does see a [T, S] array
+
+
 # ------------------------------------------------------------------ the other implementations
 def test_xla_matches_reference_with_masks_and_empty_rows():
     B, T, S, N, K, H = 2, 24, 30, 8, 2, 8
@@ -310,3 +338,24 @@ def test_attention_layer_with_flash_equals_reference():
     for g_f, g_r in zip(jax.tree_util.tree_leaves(fl), jax.tree_util.tree_leaves(ref)):
         scale = max(1.0, float(jnp.abs(g_r).max()))
         np.testing.assert_allclose(g_f, g_r, atol=TOL[jnp.float32] * scale)
+
+
+# ------------------------------------------------------------------ the benchmark's plumbing
+def test_benchmark_helpers():
+    """`vishwamai.benchmarks.attention` (figures come from running it, not from tests)."""
+    import argparse
+
+    from vishwamai.benchmarks import attention as bench
+
+    xs = [1024, 2048, 4096, 8192]
+    assert bench.loglog_slope(xs, [3 * x**2 for x in xs]) == pytest.approx(2.0)
+    assert bench.loglog_slope(xs, [5 * x for x in xs], 2048, 8192) == pytest.approx(1.0)
+    assert bench.seed_estimates(2, 4, 100) == {"seed_attention_bytes": 2 * 4 * 100 * 100 * 2,
+                                               "seed_flash_bytes": 2 * 4 * 100 * 2}
+    row = bench.memory_row("flash", 64, N=2, H=8, block_q=32, block_k=32, forward_too=False)
+    assert row["status"] == "ok" and row["temp_bytes"] > 0
+    parser = bench.add_arguments(argparse.ArgumentParser())
+    assert parser.parse_args(["--impls", "flash", "xla"]).impls == ["flash", "xla"]
+    if "cudnn" not in A.available_implementations():
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--impls", "cudnn"])

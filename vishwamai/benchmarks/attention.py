@@ -57,11 +57,14 @@ def default_implementations(backend: str | None = None) -> tuple[str, ...]:
 
 
 def make_inputs(B: int, T: int, N: int, K: int, H: int, dtype="float32", seed: int = 0):
-    """Random q `[B, T, N, H]`, k, v `[B, T, K, H]` (unit normal) in `dtype`."""
-    kq, kk, kv = jax.random.split(jax.random.PRNGKey(seed), 3)
+    """Random q `[B, T, N, H]`, k, v `[B, T, K, H]` (unit normal) in `dtype`.
+
+    Drawn with numpy: `jax.random` would compile a program for every shape.
+    """
+    r = np.random.default_rng(seed)
     dt = jnp.dtype(dtype)
-    return (jax.random.normal(kq, (B, T, N, H), dt), jax.random.normal(kk, (B, T, K, H), dt),
-            jax.random.normal(kv, (B, T, K, H), dt))
+    return tuple(jnp.asarray(r.standard_normal(s, dtype=np.float32), dt)
+                 for s in ((B, T, N, H), (B, T, K, H), (B, T, K, H)))
 
 
 def _op(impl: str, causal: bool, block_q: int | None, block_k: int | None):
@@ -276,28 +279,47 @@ def run(*, seq_lens=None, time_seq_lens=None, impls=None, B: int = 1, N: int = 8
     return result
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _implementation(name: str) -> str:
+    here = attn.available_implementations()
+    if name not in here:
+        why = "unknown" if name not in attn.IMPLEMENTATIONS else \
+            f"cannot run on backend {jax.default_backend()!r}"
+        raise argparse.ArgumentTypeError(f"implementation {name!r} {why}; available here: {here}")
+    return name
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds this benchmark's options (shared by `python -m vishwamai.bench attention`)."""
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=None,
+    parser.add_argument("--seq-lens", type=_positive_int, nargs="+", default=None,
                         help="T for the memory sweep (default: 256..8192 on CPU, "
                              "512..16384 on accelerators)")
-    parser.add_argument("--time-seq-lens", type=int, nargs="+", default=None,
+    parser.add_argument("--time-seq-lens", type=_positive_int, nargs="+", default=None,
                         help="T for the timing sweep (default: the memory ones up to 4096 on "
                              "CPU, 16384 on accelerators)")
-    parser.add_argument("--impls", nargs="+", default=None, choices=attn.IMPLEMENTATIONS,
+    parser.add_argument("--impls", type=_implementation, nargs="+", default=None,
                         help="implementations (default: all this backend runs)")
-    parser.add_argument("--batch", type=int, default=1, help="B")
-    parser.add_argument("--heads", type=int, default=8, help="N query heads")
-    parser.add_argument("--kv-heads", type=int, default=None, help="K key/value heads (default N)")
-    parser.add_argument("--head-dim", type=int, default=64, help="H")
+    parser.add_argument("--batch", type=_positive_int, default=1, help="B")
+    parser.add_argument("--heads", type=_positive_int, default=8, help="N query heads")
+    parser.add_argument("--kv-heads", type=_positive_int, default=None, help="K key/value heads (default N)")
+    parser.add_argument("--head-dim", type=_positive_int, default=64, help="H")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="input dtype (default: float32 on CPU, bfloat16 elsewhere)")
     parser.add_argument("--no-causal", dest="causal", action="store_false",
                         help="full (bidirectional) attention instead of causal")
-    parser.add_argument("--block-q", type=int, default=None, help="flash query block")
-    parser.add_argument("--block-k", type=int, default=None, help="flash key block")
-    parser.add_argument("--warmup", type=int, default=1, help="warm calls before timing")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row")
+    parser.add_argument("--block-q", type=_positive_int, default=None, help="flash query block")
+    parser.add_argument("--block-k", type=_positive_int, default=None, help="flash key block")
+    parser.add_argument("--warmup", type=_positive_int, default=1, help="warm calls before timing")
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed calls per row")
     parser.add_argument("--no-correctness", dest="correctness", action="store_false",
                         help="skip the error table")
     parser.add_argument("--tune", action="store_true",
@@ -379,4 +401,8 @@ def format_result(result: dict) -> str:
 if __name__ == "__main__":
     _parser = add_arguments(argparse.ArgumentParser(
         prog="python -m vishwamai.benchmarks.attention", description=__doc__.split("\n")[0]))
-    print(format_result(main(_parser.parse_args(sys.argv[1:]))))
+    try:
+        _result = main(_parser.parse_args(sys.argv[1:]))
+    except ValueError as err:
+        _parser.error(str(err))
+    print(format_result(_result))

@@ -26,7 +26,6 @@ sees only keys of its own segment: packed sequences). A query row that sees no k
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -45,8 +44,8 @@ DEFAULT_BLOCKS = {"cpu": (256, 256), "gpu": (128, 128), "tpu": (512, 512)}
 
 # 'auto' on CPU switches from XLA's dense attention to 'flash' from this many query*key pairs
 # on. Measured fwd+bwd (causal, f32, N=8, H=64), flash already runs faster at T=256 (its
-# backward does less work than autodiff of softmax), but its loops take ~1 s longer to
-# compile, which short calls (tests, short prompts) would not win back.
+# tiles stay in cache; the dense paths stream several T*S f32 arrays through memory), but its
+# loops take ~1 s longer to compile, which short calls (tests, short prompts) do not win back.
 _CPU_FLASH_MIN_PAIRS = 512 * 512
 
 
@@ -379,7 +378,8 @@ def flash_attention(q, k, v, *, causal: bool = False, mask=None, scale: float | 
 
     Args:
       q: `[B, T, N, H]`; k, v: `[B, S, K, H]` with N a multiple of K. Any float dtype.
-      causal, mask, scale, kv_lengths, q_segment_ids, kv_segment_ids: as `reference_attention`.
+      causal, mask, scale, kv_lengths, q_segment_ids, kv_segment_ids: as `reference_attention`
+        (`scale` a Python float: it is folded into q before the loops).
       block_q, block_k: tile sizes; default per backend from `DEFAULT_BLOCKS`. T and S need not
         be multiples (inputs are padded internally; padded keys are masked).
 
@@ -391,6 +391,8 @@ def flash_attention(q, k, v, *, causal: bool = False, mask=None, scale: float | 
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
     G = N // K
+    if T == 0 or S == 0:   # nothing to attend to (or nobody asking): zeros, as empty rows
+        return jnp.zeros(q.shape, q.dtype)
     scale = H ** -0.5 if scale is None else float(scale)
     default_q, default_k = DEFAULT_BLOCKS.get(jax.default_backend(), DEFAULT_BLOCKS["gpu"])
     bq, n_q = _plan_blocks(T, block_q or default_q)
@@ -561,8 +563,11 @@ def pallas_tpu_attention(q, k, v, *, causal: bool = False, mask=None, scale: flo
     if maybe_empty:
         empty = ~_rows_see_a_key(q_seg, kv_seg, causal)
         q_seg = jnp.where(empty, dummy_id, q_seg)
-    q_seg = jnp.pad(q_seg, ((0, 0), (0, Tp - T)), constant_values=0)
-    kv_seg = jnp.pad(kv_seg, ((0, 0), (front, Sp - S - front)), constant_values=pad_id)
+    q_seg = jnp.pad(q_seg, ((0, 0), (0, Tp - T)))
+    if front:   # padded query rows see only the zero key: no row of the kernel is empty
+        q_seg = jnp.where(jnp.arange(Tp) >= T, dummy_id, q_seg)
+    kv_seg = jnp.pad(kv_seg, ((0, 0), (front, Sp - S - front)))
+    kv_seg = jnp.where((jnp.arange(Sp) < front) | (jnp.arange(Sp) >= S + front), pad_id, kv_seg)
     if front:
         kv_seg = kv_seg.at[:, 0].set(dummy_id)
     need_segments = maybe_empty or Sp != S
@@ -622,6 +627,8 @@ def available_implementations(backend: str | None = None) -> tuple[str, ...]:
 
     'reference', 'flash' and 'xla' run everywhere; 'cudnn' needs an NVIDIA GPU of compute
     capability >= 8.0 (Ampere or later); 'pallas_tpu' needs a TPU. 'auto' is always accepted.
+    For the running backend the GPU is inspected; for another one (planning for a machine you
+    are not on) the answer follows from the backend name alone.
     """
     backend = backend or jax.default_backend()
     names = ["auto", "reference", "flash", "xla"]
