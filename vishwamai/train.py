@@ -395,7 +395,7 @@ def make_step_fn(model, optimizer, *, chunk_size: int = DEFAULT_CHUNK, accum_ste
         loss, grads = grad_fn(state.params, batch, sub)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": current_lr(opt_state)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                           rng=rng), metrics
