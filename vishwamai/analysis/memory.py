@@ -45,9 +45,11 @@ def _mlp_saved(cfg: ModelConfig, c: int) -> float:
     F = cfg.mlp_dim
     if cfg.mlp_activation == "relu":
         return F * (2 * c + 1)          # pre-activation, output, and the bool (x > 0) mask
-    if cfg.mlp_activation == "geglu":
-        return 8 * F * c                # gate/up halves, GELU tanh-form internals, product
-    return 6 * F * c                    # gelu (tanh form) or swiglu internals and the product
+    if cfg.gated_mlp:
+        # The gated product has its own backward (`layers.mlp._gated`): it keeps only the
+        # [.., 2, F] gate/up projection, and wo keeps its input (the product).
+        return 3 * F * c
+    return 6 * F * c                    # gelu (tanh form) internals and the product
 
 
 def saved_per_layer(cfg: ModelConfig | str, *, batch: int, seq_len: int,
