@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from math import prod
@@ -357,11 +358,35 @@ def compiled_train_memory(model, optimizer, mesh, *, batch_size: int, seq_len: i
         # Donated state aliases its output: live = arguments + outputs - aliased + temporaries.
         row["peak_bytes_estimate"] = (row["argument_size_in_bytes"] + row["output_size_in_bytes"]
                                       - row["alias_size_in_bytes"] + row["temp_size_in_bytes"])
-    hlo = compiled.as_text() or ""
-    row["collectives"] = {op: hlo.count(f" {op}(") + hlo.count(f" {op}-start(")
-                          for op in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-                                     "collective-permute")}
+    row["collectives"], row["collective_bytes"] = collectives(compiled.as_text() or "")
     return row
+
+
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f64": 8, "s8": 1, "u8": 1,
+                "pred": 1, "s64": 8, "u64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
+
+
+def collectives(hlo_text: str) -> tuple[dict, dict]:
+    """Counts and per-device result bytes of each collective in a compiled HLO module.
+
+    Reads instructions `%name = <shape or tuple of shapes> <op>(...)`; async pairs are counted
+    once (their `-start`). Bytes are those of the op's result on one device.
+    """
+    counts = dict.fromkeys(_COLLECTIVES, 0)
+    nbytes = dict.fromkeys(_COLLECTIVES, 0)
+    op_re = re.compile(r" (" + "|".join(_COLLECTIVES) + r")(-start)?\(")
+    for line in hlo_text.splitlines():
+        m = op_re.search(line)
+        if not m or " = " not in line[:m.start()]:
+            continue
+        op = m.group(1)
+        counts[op] += 1
+        shapes = line[line.index(" = ") + 3:m.start()]
+        for dt, dims in re.findall(r"(\w+)\[([\d,]*)\]", shapes):
+            size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+            nbytes[op] += size * _DTYPE_BYTES.get(dt, 4)
+    return counts, nbytes
 
 
 def layout_memory(cfg, *, layouts: Sequence[str] = LAYOUTS, n_devices: int = 8,

@@ -141,11 +141,13 @@ def run_sweep(measure, grid, *, desc: str = "sweep", progress: bool = True) -> l
     """
     grid = list(grid)
     rows = []
-    try:
-        from tqdm.auto import tqdm
-        it = tqdm(grid, desc=desc, disable=not progress, leave=False)
-    except ImportError:  # tqdm is optional for the harness itself
-        it = grid
+    it = grid
+    if progress:
+        try:
+            from tqdm import tqdm
+            it = tqdm(grid, desc=desc, leave=False)
+        except ImportError:  # tqdm is optional for the harness itself
+            pass
     for params in it:
         try:
             row = measure(**params)
@@ -189,3 +191,20 @@ def save_results(path: str, payload: dict) -> str:
     with open(path, "w") as f:
         json.dump(_jsonable(payload), f, indent=1)
     return path
+
+
+def measure_memory_bandwidth(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Streaming bytes/s of one jitted elementwise pass (read `n_bytes`, write `n_bytes`),
+    the fastest of `repeats`: the DRAM bandwidth elementwise work gets on this device (on an
+    accelerator it approaches the HBM figure)."""
+    import jax.numpy as jnp
+    x = jnp.ones((n_bytes // 4,), jnp.float32)
+    f = jax.jit(lambda a: a * 1.0000001 + 1.0)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * x.size * 4 / best
+

@@ -6,6 +6,8 @@ the same for all of them, so switching kernels never changes the parameters.
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 from jax.ad_checkpoint import checkpoint_name
@@ -109,6 +111,29 @@ def _fused_qkv(cfg, x_BTD, q_params, k_params, v_params):
         b_KJH = jnp.concatenate([bq.reshape(K, G, H), bk.reshape(K, 1, H), bv.reshape(K, 1, H)],
                                 axis=1)
         y_BTKJH = y_BTKJH + b_KJH.astype(dtype)
-    B, T = y_BTKJH.shape[:2]
-    q_BTNH = y_BTKJH[:, :, :, :G].reshape(B, T, N, H)
-    return q_BTNH, y_BTKJH[:, :, :, G], y_BTKJH[:, :, :, G + 1]
+    return _split_qkv(y_BTKJH, G)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _split_qkv(y_BTKJH, G: int):
+    """`[B, T, K, G+2, H] -> (q [B, T, K*G, H], k [B, T, K, H], v [B, T, K, H])`.
+
+    Its backward pass writes the joined gradient with one concatenate; differentiating the
+    three slices would pad each to the full shape and add them (two extra passes)."""
+    B, T, K, _, H = y_BTKJH.shape
+    return (y_BTKJH[:, :, :, :G].reshape(B, T, K * G, H), y_BTKJH[:, :, :, G],
+            y_BTKJH[:, :, :, G + 1])
+
+
+def _split_qkv_fwd(y_BTKJH, G):
+    return _split_qkv(y_BTKJH, G), None
+
+
+def _split_qkv_bwd(G, _, cotangents):
+    dq, dk, dv = cotangents
+    B, T, K, H = dk.shape
+    return (jnp.concatenate([dq.reshape(B, T, K, G, H), dk[:, :, :, None], dv[:, :, :, None]],
+                            axis=3),)
+
+
+_split_qkv.defvjp(_split_qkv_fwd, _split_qkv_bwd)
