@@ -442,7 +442,9 @@ def fit(model_or_cfg, batches: Iterable, steps: int, *, optimizer=None, rng=None
         state: TrainState | None = None, log_every: int = 1, **step_kw):
     """Runs `steps` train steps over `batches`; returns `(state, history)`.
 
-    `history` is a list of dicts (step, loss, grad_norm, learning_rate, seconds per step).
+    `history` is a list of dicts, one per `log_every` steps: step, loss, grad_norm,
+    learning_rate and the wall-clock seconds of that step alone (the steps before it are
+    finished first; the first logged step includes compilation).
     A convenience for the book and the tests; real runs call the step in their own loop.
     """
     optimizer = optimizer or make_optimizer(warmup_steps=max(1, steps // 10), total_steps=steps)
@@ -452,9 +454,12 @@ def fit(model_or_cfg, batches: Iterable, steps: int, *, optimizer=None, rng=None
     history, it = [], iter(batches)
     for i in range(steps):
         batch = jnp.asarray(next(it))
+        logged = (i + 1) % log_every == 0 or i == steps - 1
+        if logged:          # time this step alone: let the steps queued before it finish
+            jax.block_until_ready(state)
         t0 = time.perf_counter()
         state, metrics = step_fn(state, batch)
-        if (i + 1) % log_every == 0 or i == steps - 1:
+        if logged:
             metrics = jax.device_get(metrics)
             history.append({"step": i + 1, **{k: float(v) for k, v in metrics.items()},
                             "seconds": time.perf_counter() - t0})
