@@ -33,3 +33,14 @@ def pytest_ignore_collect(collection_path, config):
     if collection_path.suffix == ".ipynb" and collection_path.parent == BOOK:
         return not collection_path.name.startswith(PREFIX)
     return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist `--dist loadgroup`: a test module's tests share a worker (their module-scoped
+    fixtures, e.g. the 8-device sharding run, are built once), while the chapters, each a long
+    independent test, spread over all workers."""
+    import pytest
+
+    for item in items:
+        if item.path.name != "test_notebooks.py":
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
