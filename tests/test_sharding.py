@@ -26,7 +26,7 @@ CHILD = textwrap.dedent(r"""
     from vishwamai.model import VishwamAI
     assert jax.device_count() == 8, jax.devices()
     # Every sharded dimension divides by 8 (N = K = 8 heads, F = 128, V = 256, D = 64).
-    cfg = ModelConfig(vocab_size=256, num_layers=2, num_heads=8, num_kv_heads=8, head_dim=8,
+    cfg = ModelConfig(vocab_size=256, num_layers=1, num_heads=8, num_kv_heads=8, head_dim=8,
                       hidden_dim=64, mlp_dim=128, max_seq_len=64, mlp_activation="swiglu",
                       tie_embeddings=False, attention_impl="reference", name="shard_test")
     model = VishwamAI(cfg)
@@ -67,7 +67,7 @@ CHILD = textwrap.dedent(r"""
             "mu_wi": [v for k, v in mu.items() if k.endswith("layer_0/mlp/wi/kernel")],
             "batch_spec": str(step.batch_sharding.spec),
         }
-    mem = sharding.layout_memory(cfg, n_devices=8, batch_size=8, seq_len=32)
+    mem = sharding.layout_memory(cfg, n_devices=8, batch_size=8, seq_len=16)
     out["memory"] = {r["layout"]: r for r in mem}
     print(json.dumps(out))
 """)

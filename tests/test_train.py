@@ -27,7 +27,7 @@ def tiny():
 
 
 # ---------------------------------------------------------------------------- chunked loss
-@pytest.mark.parametrize("chunk", [1, 8, 13, 64])
+@pytest.mark.parametrize("chunk", [1, 13, 64])
 @pytest.mark.parametrize("head", ["weight", "fn"])
 def test_chunked_loss_equals_plain_value_and_gradient(chunk, head):
     k = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -44,7 +44,8 @@ def test_chunked_loss_equals_plain_value_and_gradient(chunk, head):
     def plain(h, w):
         return cross_entropy(h @ w, t, m)
 
-    (a, ga), (b, gb) = [jax.value_and_grad(f, argnums=(0, 1))(h, w) for f in (chunked, plain)]
+    (a, ga), (b, gb) = [jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(h, w)
+                        for f in (chunked, plain)]
     np.testing.assert_allclose(a, b, **TOL)
     _allclose_tree(ga, gb, **TOL)
     np.testing.assert_allclose(jax.jit(chunked)(h, w), b, **TOL)
@@ -76,7 +77,7 @@ def test_chunked_loss_validates_inputs():
 
 def test_model_loss_through_chunked_head_equals_full_logits(tiny):
     model, params, tokens = tiny
-    grad_fn = train.make_grad_fn(model, chunk_size=8, train=False)
+    grad_fn = jax.jit(train.make_grad_fn(model, chunk_size=8, train=False))
     loss, grads = grad_fn(params, tokens, jax.random.PRNGKey(0))
     ref_loss, ref_grads = jax.jit(jax.value_and_grad(model.loss))(params, tokens)
     np.testing.assert_allclose(loss, ref_loss, **TOL)
@@ -85,11 +86,13 @@ def test_model_loss_through_chunked_head_equals_full_logits(tiny):
 
 # ---------------------------------------------------------------------------- remat, accumulation
 def test_remat_policies_give_equal_gradients(tiny):
-    _, params, tokens = tiny
+    _, _, tokens = tiny
     tokens = tokens[:2, :17]
+    one_layer = get_preset("tiny").replace(num_layers=1)
+    params = VishwamAI(one_layer).init(jax.random.PRNGKey(0))
     ref = None
     for policy in REMAT_POLICIES:
-        model = VishwamAI(get_preset("tiny").replace(remat=policy))
+        model = VishwamAI(one_layer.replace(remat=policy))
         loss, grads = jax.jit(train.make_grad_fn(model, train=False))(params, tokens,
                                                                       jax.random.PRNGKey(0))
         if ref is None:
@@ -103,7 +106,7 @@ def test_gradient_accumulation_equals_one_shot(tiny):
     model, params, tokens = tiny
     mask = (jax.random.uniform(jax.random.PRNGKey(3), (4, 32)) > 0.2).astype(jnp.float32)
     batch = {"tokens": tokens, "mask": mask}
-    one = train.make_grad_fn(model, accum_steps=1)(params, batch, jax.random.PRNGKey(0))
+    one = jax.jit(train.make_grad_fn(model, accum_steps=1))(params, batch, jax.random.PRNGKey(0))
     four = jax.jit(train.make_grad_fn(model, accum_steps=4))(params, batch, jax.random.PRNGKey(0))
     np.testing.assert_allclose(one[0], four[0], **TOL)
     _allclose_tree(one[1], four[1], rtol=1e-5, atol=1e-6)
@@ -148,7 +151,7 @@ def test_step_donates_state_clips_and_reports(tiny):
     loss, g = jax.jit(jax.value_and_grad(model.loss))(p2, tokens)
     np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
     np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(g), rtol=1e-4)
-    u, _ = opt.update(g, st, p2)
+    u, _ = jax.jit(opt.update)(g, st, p2)
     _allclose_tree(new_state.params, optax.apply_updates(p2, u), rtol=1e-4, atol=1e-7)
     _, metrics2 = step(new_state, tokens)
     np.testing.assert_allclose(metrics2["learning_rate"], 1e-3, rtol=1e-6)
@@ -164,7 +167,7 @@ def test_bf16_compute_keeps_f32_master_params(tiny):
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.opt_state)
                if jnp.issubdtype(x.dtype, jnp.floating))
-    f32_loss = model.loss(params, tokens)
+    f32_loss = jax.jit(model.loss)(params, tokens)
     np.testing.assert_allclose(metrics["loss"], f32_loss, rtol=2e-2)
 
 
