@@ -18,7 +18,7 @@ def _prepare_chapters():
 
     for old in BOOK.glob(PREFIX + "*.ipynb"):
         old.unlink()
-    for src in sorted(BOOK.glob("*.ipynb")):
+    for src in sorted(p for p in BOOK.glob("*.ipynb") if not p.name.startswith(".")):
         papermill.execute_notebook(str(src), str(BOOK / (PREFIX + src.name)),
                                    parameters=CI_PARAMETERS.get(src.name, {}),
                                    prepare_only=True, kernel_name="python3", progress_bar=False)

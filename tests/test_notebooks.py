@@ -14,7 +14,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb"))
+CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb") if not p.name.startswith("."))
 
 # Parameters that make each chapter CI-sized (2 CPU cores); a chapter not listed runs with its
 # own defaults, which are already CPU-small.
