@@ -23,7 +23,7 @@ book: $(STAMP)
 
 # The whole suite: unit tests, then every chapter executed with CI-sized parameters.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --durations=15 tests
+	$(BIN)/python -m pytest -n $(JOBS) --durations=15 tests
 
 # The chapters again, cell by cell under nbval-lax (parametrised by papermill).
 nbval: $(STAMP)

@@ -34,15 +34,3 @@ def pytest_ignore_collect(collection_path, config):
         return not collection_path.name.startswith(PREFIX)
     return None
 
-
-import pytest  # noqa: E402
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
-def pytest_collection_modifyitems(config, items):
-    """Under xdist `--dist loadgroup`: a test module's tests share a worker (their module-scoped
-    fixtures, e.g. the 8-device sharding run, are built once), while the chapters, each a long
-    independent test, spread over all workers."""
-    for item in items:
-        if item.path.name != "test_notebooks.py":
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
