@@ -29,7 +29,6 @@ import optax
 from vishwamai.config import ModelConfig, REMAT_POLICIES, DTYPES
 
 DEFAULT_CHUNK = 128
-_SINGLE_EXP = True
 
 
 # ============================================================================================
@@ -87,22 +86,16 @@ def _fused_forward(h_BTD, w_DV, t_BT, m_BT, chunk: int, with_grads: bool):
         total, dw_DV = carry
         h, t, m = xs
         logits = _chunk_logits(h, w_c)
-        if _SINGLE_EXP:
-            # One exp per logit: e = exp(logits - max) gives both the log-sum-exp and the
-            # softmax (on CPU elementwise work runs on one core; exp dominates it).
-            mx = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
-            e = jnp.exp(logits - mx[..., None])
-            s = jnp.sum(e, axis=-1)
-            lse = mx + jnp.log(s)
-            tgt = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-            nll = (lse - tgt) * m
-            g_BCV = e * (m / s)[..., None] - jax.nn.one_hot(t, V, dtype=jnp.float32) * m[..., None]
-            g_BCV = g_BCV.astype(h.dtype)
-        else:
-            nll, lse = _nll_from_logits(logits, t, m)
-            # d(sum nll)/d logits = (softmax - onehot) * mask, formed in f32 and fused by XLA.
-            g_BCV = (jnp.exp(logits - lse[..., None]) - jax.nn.one_hot(t, V, dtype=jnp.float32))
-            g_BCV = (g_BCV * m[..., None]).astype(h.dtype)
+        # One exp per logit: e = exp(logits - max) gives both the log-sum-exp and the softmax.
+        mx = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+        e = jnp.exp(logits - mx[..., None])
+        s = jnp.sum(e, axis=-1)
+        lse = mx + jnp.log(s)
+        tgt = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+        nll = (lse - tgt) * m
+        # d(sum nll)/d logits = (softmax - onehot) * mask, in f32, cast for the matmuls.
+        g_BCV = e * (m / s)[..., None] - jax.nn.one_hot(t, V, dtype=jnp.float32) * m[..., None]
+        g_BCV = g_BCV.astype(h.dtype)
         dh = jnp.einsum("BCV,DV->BCD", g_BCV, w_c, preferred_element_type=jnp.float32)
         dw_DV = dw_DV + jnp.einsum("BCD,BCV->DV", h, g_BCV, preferred_element_type=jnp.float32)
         return (total + jnp.sum(nll), dw_DV), dh.astype(h_BTD.dtype)
