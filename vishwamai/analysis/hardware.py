@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import statistics
-import time
 from dataclasses import dataclass
 
 GiB = 2**30
@@ -196,28 +194,9 @@ def measure_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) ->
 
 @functools.cache
 def _measure_matmul(dtype: str, n: int, repeats: int) -> float:
-    import jax
-    import jax.numpy as jnp
+    from vishwamai.benchmarks.harness import measure_matmul_peak
 
-    x = jnp.ones((n, n), dtype)
-    y = jnp.ones((n, n), dtype)
-    # Several matmuls per call so dispatch overhead is negligible next to the work.
-    reps = 4
-
-    @jax.jit
-    def f(a, b):
-        acc = a
-        for _ in range(reps):
-            acc = (acc @ b) * (1.0 / n)
-        return acc
-
-    f(x, y).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(x, y).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return reps * 2.0 * n**3 / statistics.median(times)
+    return measure_matmul_peak(dtype, n, repeats)
 
 
 def _normalise_dtype(dtype) -> str:
