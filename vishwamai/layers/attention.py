@@ -6,8 +6,6 @@ the same for all of them, so switching kernels never changes the parameters.
 """
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 from jax.ad_checkpoint import checkpoint_name
@@ -42,16 +40,9 @@ class FlashAttention(nn.Module):
         cfg = self.config
         impl = self.implementation or cfg.attention_impl
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q_proj = linear_for(cfg, (N, H), ("embed", "heads", "head_dim"), name="query")
-        k_proj = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), name="key")
-        v_proj = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), name="value")
-        if q_proj.use_fp8:
-            # fp8 scales each projection's operands separately: three matmuls.
-            q_BTNH, k_BTKH, v_BTKH = q_proj(x_BTD), k_proj(x_BTD), v_proj(x_BTD)
-        else:
-            q_BTNH, k_BTKH, v_BTKH = _fused_qkv(cfg, x_BTD, q_proj(x_BTD, params_only=True),
-                                                k_proj(x_BTD, params_only=True),
-                                                v_proj(x_BTD, params_only=True))
+        q_BTNH = linear_for(cfg, (N, H), ("embed", "heads", "head_dim"), name="query")(x_BTD)
+        k_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), name="key")(x_BTD)
+        v_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), name="value")(x_BTD)
         q_BTNH = checkpoint_name(q_BTNH, "query_proj")
         k_BTKH = checkpoint_name(k_BTKH, "key_proj")
         v_BTKH = checkpoint_name(v_BTKH, "value_proj")
@@ -89,51 +80,3 @@ class FlashAttention(nn.Module):
         q_pos_T = i + jnp.arange(T)
         mask_TS = jnp.arange(S)[None, :] <= q_pos_T[:, None]
         return ck.value, cv.value, mask_TS[None, None]
-
-
-def _fused_qkv(cfg, x_BTD, q_params, k_params, v_params):
-    """q, k and v from one matmul against the three kernels laid side by side.
-
-    The kernels stay separate parameters (`query`, `key`, `value`); per step they are joined
-    as `[D, K, G + 2, H]` (each kv head's G query heads, then its key and value), so the
-    projection is one `[B*T, D] @ [D, K*(G+2)*H]` matmul, which keeps a head-sharded layout
-    local under tensor parallelism and runs faster than three narrow matmuls.
-    """
-    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    G = N // K
-    D = x_BTD.shape[-1]
-    dtype = cfg.compute_dtype
-    (wq, bq), (wk, bk), (wv, bv) = q_params, k_params, v_params
-    w_DKJH = jnp.concatenate([wq.reshape(D, K, G, H), wk.reshape(D, K, 1, H),
-                              wv.reshape(D, K, 1, H)], axis=2).astype(dtype)
-    y_BTKJH = jnp.einsum("BTD,DKJH->BTKJH", x_BTD.astype(dtype), w_DKJH)
-    if bq is not None:
-        b_KJH = jnp.concatenate([bq.reshape(K, G, H), bk.reshape(K, 1, H), bv.reshape(K, 1, H)],
-                                axis=1)
-        y_BTKJH = y_BTKJH + b_KJH.astype(dtype)
-    return _split_qkv(y_BTKJH, G)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _split_qkv(y_BTKJH, G: int):
-    """`[B, T, K, G+2, H] -> (q [B, T, K*G, H], k [B, T, K, H], v [B, T, K, H])`.
-
-    Its backward pass writes the joined gradient with one concatenate; differentiating the
-    three slices would pad each to the full shape and add them (two extra passes)."""
-    B, T, K, _, H = y_BTKJH.shape
-    return (y_BTKJH[:, :, :, :G].reshape(B, T, K * G, H), y_BTKJH[:, :, :, G],
-            y_BTKJH[:, :, :, G + 1])
-
-
-def _split_qkv_fwd(y_BTKJH, G):
-    return _split_qkv(y_BTKJH, G), None
-
-
-def _split_qkv_bwd(G, _, cotangents):
-    dq, dk, dv = cotangents
-    B, T, K, H = dk.shape
-    return (jnp.concatenate([dq.reshape(B, T, K, G, H), dk[:, :, :, None], dv[:, :, :, None]],
-                            axis=3),)
-
-
-_split_qkv.defvjp(_split_qkv_fwd, _split_qkv_bwd)

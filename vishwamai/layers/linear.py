@@ -31,10 +31,7 @@ class Linear(nn.Module):
     init_scale: float = 1.0
 
     @nn.compact
-    def __call__(self, x, *, params_only: bool = False):
-        """`x @ kernel (+ bias)`; with `params_only`, declares the parameters exactly as the
-        matmul would and returns `(kernel, bias or None)` in the storage dtype instead (a
-        caller that fuses several projections into one matmul keeps the parameter tree)."""
+    def __call__(self, x):
         features = tuple(self.features)
         in_shape = tuple(x.shape[x.ndim - self.in_axes:])
         shape = in_shape + features
@@ -45,14 +42,6 @@ class Linear(nn.Module):
             out_axis=tuple(range(self.in_axes, len(shape))))
         kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
                             shape, self.param_dtype)
-        if params_only:
-            bias = None
-            if self.use_bias:
-                bias_axes = tuple(self.kernel_axes[self.in_axes:])
-                bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                       bias_axes),
-                                  features, self.param_dtype)
-            return kernel, bias
         kernel = kernel.astype(self.dtype)
         x = x.astype(self.dtype)
         batch_shape = x.shape[: x.ndim - self.in_axes]
