@@ -1,5 +1,7 @@
 """Training: the chunked loss against the plain one, remat and accumulation equalities, the
 optimizer's schedule, donation, mixed precision, and a loss that falls on real text."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,6 +133,35 @@ def test_weight_decay_only_on_matrices(tiny):
     mask = train.decay_mask(params)
     assert mask["lm_head"]["kernel"] and mask["token_embed"]["embedding"]
     assert not mask["final_norm"]["scale"]
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])   # clipped, and left alone
+def test_clip_equals_optax_clip_by_global_norm(tiny, max_norm):
+    _, params, _ = tiny
+    grads = jax.tree.map(lambda p: jnp.sin(p * 7.0) * 0.1, params)
+    ours, _ = train.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    ref, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    _allclose_tree(ours, ref, rtol=1e-6, atol=0)
+    norm = float(optax.tree.norm(ours))
+    assert norm == pytest.approx(min(max_norm, float(optax.tree.norm(grads))), rel=1e-5)
+    with pytest.raises(ValueError, match="clip_norm"):
+        train.make_optimizer(clip_norm=0.0)
+
+
+def test_clip_writes_no_clipped_copy_of_the_gradients():
+    # The point of train.clip_by_global_norm: XLA fuses the scale into Adam's moment updates
+    # instead of materialising clipped gradients (optax's select/divide form does not fuse).
+    p = {"w": jnp.ones((256, 512))}
+    def fusions(opt):
+        def f(p, s, g):
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s
+        txt = jax.jit(f).lower(p, opt.init(p), p).compile().as_text()
+        return len(re.findall(r"= f32\[256,512\]\S* fusion\(", txt))
+    plain = train.make_optimizer(warmup_steps=1, total_steps=10, clip_norm=None)
+    ours = train.make_optimizer(warmup_steps=1, total_steps=10, clip_norm=1.0)
+    theirs = optax.chain(optax.clip_by_global_norm(1.0), plain)
+    assert fusions(ours) == fusions(plain) < fusions(theirs)
 
 
 def test_step_donates_state_clips_and_reports(tiny):

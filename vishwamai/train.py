@@ -231,7 +231,33 @@ def make_optimizer(learning_rate: float = 3e-4, *, warmup_steps: int = 100, tota
         mask=decay_mask)
     if clip_norm is None:
         return adamw
-    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+    return optax.chain(clip_by_global_norm(clip_norm), adamw)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm(max_norm)` written as one scalar multiply per leaf.
+
+    Same result (to rounding): gradients whose global norm exceeds `max_norm` are scaled by
+    `max_norm / norm`. optax selects between `g` and `g / norm * max_norm`; XLA will not copy
+    that divide into both consumers (Adam's two moment updates), so it writes the clipped
+    gradients out as an extra full-size array. A multiply by a scalar is fused into each
+    consumer instead: on the `small` preset (58M parameters, f32, 2-core CPU) the optimizer
+    update takes ~100 ms instead of ~155 ms.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"clip_norm must be > 0 or None; got {max_norm!r}")
+
+    def init_fn(params):
+        del params
+        return optax.ClipByGlobalNormState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 # ============================================================================================
