@@ -258,6 +258,11 @@ def test_auto_and_reference_dispatch():
         got = jax.jit(functools.partial(A.attention, causal=True, implementation=impl))(q, k, v)
         np.testing.assert_allclose(got, want, atol=2e-5, err_msg=impl)
     assert A.select_implementation(q, k, backend="cpu") == "xla"
+    # The CPU switch is at T*S = 256**2 (measured; kernels/attention.py), GPU's at 512**2.
+    t255, t256 = (jax.ShapeDtypeStruct((1, t, 4, 8), jnp.float32) for t in (255, 256))
+    assert A.select_implementation(t255, t255, backend="cpu") == "xla"
+    assert A.select_implementation(t256, t256, backend="cpu") == "flash"
+    assert A.select_implementation(t256, t256, backend="gpu") in ("xla", "cudnn")
     long_q = jax.ShapeDtypeStruct((1, 2048, 4, 8), jnp.float32)
     assert A.select_implementation(long_q, long_q, backend="cpu") == "flash"
     assert A.select_implementation(long_q, long_q, backend="tpu") == "pallas_tpu"
