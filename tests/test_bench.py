@@ -101,3 +101,47 @@ def test_seed_benchmark_is_measured_not_asserted():
     rows = mb.analyze_performance(cfg, batch_sizes=(1, 2), seq_len=32, repeats=2,
                                   progress=False)
     assert [r["batch_size"] for r in rows] == [1, 2] and all(r["status"] == "ok" for r in rows)
+
+
+# ------------------------------------------------------------------ the plain-Flax yardstick
+def test_baseline_is_the_same_model():
+    # Same parameter count, and with vishwamai's weights rearranged, the same logits: the
+    # speedup versus_baseline reports compares two implementations of one function.
+    from vishwamai.benchmarks import baseline
+    from vishwamai.config import get_preset
+    from vishwamai.model import VishwamAI
+    for name in ("tiny", "small"):
+        cfg = get_preset(name)
+        shapes = jax.eval_shape(baseline.Baseline(cfg).init, jax.random.PRNGKey(0),
+                                jax.numpy.zeros((1, 8), jax.numpy.int32))
+        n = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+        assert n == VishwamAI(cfg).num_params(), name
+    cfg = get_preset("tiny")
+    model = VishwamAI(cfg)
+    params = model.init(jax.random.PRNGKey(3))
+    tokens = jax.random.randint(jax.random.PRNGKey(4), (2, 33), 0, cfg.vocab_size)
+    bm = baseline.Baseline(cfg)
+    bp = baseline.from_vishwamai(params, cfg)
+    want = model.logits(params, tokens[:, :-1])
+    got = bm.apply({"params": bp}, tokens[:, :-1])
+    np.testing.assert_allclose(got, want, atol=2e-5 * float(np.abs(want).max()), rtol=0)
+    np.testing.assert_allclose(baseline.loss_fn(bm, bp, tokens), model.loss(params, tokens),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="mlp_activation='gelu'"):
+        baseline.init(get_preset("gpt2"))
+
+
+def test_cli_baseline_writes_consistent_rows(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    bench.main(["baseline", "--preset", "tiny", "--batch", "2", "--seq", "16", "--repeats", "2",
+                "--no-progress", "--out", str(out)])
+    payload = json.loads(out.read_text())
+    assert payload["kind"] == "baseline"
+    assert [r["kind"] for r in payload["rows"]] == ["forward", "train"]
+    for r in payload["rows"]:
+        assert r["vishwamai_s"] > 0 and r["baseline_s"] > 0
+        assert r["speedup"] == pytest.approx(r["baseline_s"] / r["vishwamai_s"], rel=1e-12)
+        assert r["vishwamai_mfu"] / r["baseline_mfu"] == pytest.approx(r["speedup"], rel=1e-9)
+    assert "speedup" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="kinds"):
+        mb.versus_baseline("tiny", 2, 16, kinds=("backward",))

@@ -1,7 +1,8 @@
-"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,attention,gemm,report}`.
+"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,report}`
 
     python -m vishwamai.bench forward --preset small --batch 1 8 --seq 256 --out fwd.json
     python -m vishwamai.bench train --preset small --batch 8 --seq 256 --remat none full
+    python -m vishwamai.bench baseline --preset small   # against plain Flax, timed alternately
     python -m vishwamai.bench attention ...          # vishwamai.benchmarks.attention
     python -m vishwamai.bench gemm ...               # vishwamai.benchmarks.gemm
     python -m vishwamai.bench report --out book/results/h100.json
@@ -80,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", type=_remat, nargs="+", default=[None],
                    help="remat policies to sweep (default: the preset's)")
     p.add_argument("--accum-steps", type=_positive, default=1, help="gradient accumulation")
+    p = sub.add_parser("baseline", help="forward and train step against a plain Flax "
+                       "implementation of the same model, timed alternately in one process")
+    p.add_argument("--preset", type=_preset, default="auto",
+                   help="model preset ('auto': small on CPU, base on accelerators)")
+    p.add_argument("--batch", type=_positive, default=8, help="batch size")
+    p.add_argument("--seq", type=_positive, default=256, help="sequence length")
+    p.add_argument("--repeats", type=_positive, default=5, help="timed repeats of each")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("report", help="the accelerator suite for the book, into one JSON file")
     p.add_argument("--out", required=True, help="JSON file (e.g. book/results/h100.json)")
     p.add_argument("--presets", type=_preset, nargs="+", default=["base", "large"])
@@ -130,6 +140,20 @@ def _run_model(args, kind: str) -> dict:
                              accum_steps=args.accum_steps, **kw)
     payload = {"kind": kind, "rows": rows, "env": env_info()}
     _print_table(rows, _COLUMNS)
+    if args.out:
+        save_results(args.out, payload)
+        print(f"wrote {args.out}")
+    return payload
+
+
+def _run_baseline(args) -> dict:
+    from vishwamai.benchmarks.harness import env_info, save_results
+    from vishwamai.benchmarks.model import versus_baseline
+    rows = versus_baseline(args.preset, args.batch, args.seq, repeats=args.repeats,
+                           progress=not args.no_progress)
+    payload = {"kind": "baseline", "rows": rows, "env": env_info()}
+    _print_table(rows, ("kind", "model", "batch_size", "seq_len", "vishwamai_s", "baseline_s",
+                        "speedup", "vishwamai_mfu", "baseline_mfu"))
     if args.out:
         save_results(args.out, payload)
         print(f"wrote {args.out}")
@@ -204,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.command in ("forward", "train"):
         return _run_model(args, args.command)
+    if args.command == "baseline":
+        return _run_baseline(args)
     if args.command == "report":
         return run_report(args)
     if getattr(args, "_missing", None):

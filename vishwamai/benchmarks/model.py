@@ -220,6 +220,84 @@ def sweep(kind: str, preset_or_cfg="small", *, batch_sizes: Sequence[int] = (8,)
     return add_mfu(rows, *before)
 
 
+def versus_baseline(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 256, *,
+                    kinds: Sequence[str] = ("forward", "train"), repeats: int = 5,
+                    progress: bool = True, seed: int = 0) -> list[dict]:
+    """`vishwamai` against `vishwamai.benchmarks.baseline` (a plain Flax model and train step of
+    the same size), timed alternately in one process, so a busy machine slows both alike.
+
+    One row per kind with both medians, `speedup` (baseline median / vishwamai median) and both
+    MFUs against the CPU matmul peak (the higher of a reading before and after) or the device's
+    table peak. Compile time is excluded from every timing.
+    """
+    from vishwamai import train
+    from vishwamai.benchmarks import baseline
+    from vishwamai.model import VishwamAI
+    for k in kinds:
+        if k not in ("forward", "train"):
+            raise ValueError(f"kinds must be drawn from ('forward', 'train'); got {k!r}")
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"repeats must be an int >= 1; got {repeats!r}")
+    cfg = _config(preset_or_cfg)
+    base_model, base_params = baseline.init(cfg, jax.random.PRNGKey(seed))
+    tokens = _tokens(cfg, batch_size, seq_len + 1, seed)
+    fns = {}
+    if "forward" in kinds:
+        model = VishwamAI(cfg)
+        params = model.init(jax.random.PRNGKey(seed))
+        ours, theirs = jax.jit(model.logits), baseline.make_forward(base_model)
+        x = tokens[:, :-1]
+        fns["forward"] = (lambda: ours(params, x), lambda: theirs(base_params, x))
+    if "train" in kinds:
+        opt = train.make_optimizer(warmup_steps=1, total_steps=10_000)
+        step = train.make_train_step(cfg, opt)
+        box = {"state": train.create_train_state(step.model, opt, jax.random.PRNGKey(seed))}
+        b_opt, b_step = baseline.make_train_step(base_model)
+        bbox = {"p": jax.tree.map(jnp.copy, base_params)}
+        bbox["s"] = b_opt.init(bbox["p"])
+
+        def ours_train():
+            box["state"], m = step(box["state"], tokens)
+            return box["state"], m
+
+        def base_train():
+            bbox["p"], bbox["s"], loss = b_step(bbox["p"], bbox["s"], tokens)
+            return bbox["p"], bbox["s"], loss
+
+        fns["train"] = (ours_train, base_train)
+    for pair in fns.values():                       # compile and warm both
+        for f in pair:
+            jax.block_until_ready(f())
+    peak = device_peak(cfg.dtype)
+    times = {(k, who): [] for k in fns for who in (0, 1)}
+    it = range(repeats)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=f"vishwamai vs baseline ({cfg.name})", leave=False)
+    for _ in it:
+        for k, pair in fns.items():
+            for who, f in enumerate(pair):
+                t0 = time.perf_counter()
+                jax.block_until_ready(f())
+                times[(k, who)].append(time.perf_counter() - t0)
+    if jax.default_backend() == "cpu":
+        after = device_peak(cfg.dtype)
+        peak = (max(peak[0], after[0]), f"{peak[1]}; higher of {peak[0] / 1e9:.1f} (before) "
+                f"and {after[0] / 1e9:.1f} (after) GFLOP/s")
+    rows = []
+    for k in fns:
+        ours_s, base_s = (float(np.median(times[(k, w)])) for w in (0, 1))
+        f = model_flops(cfg, batch_size, seq_len, k)["model"]
+        rows.append({"kind": k, "model": cfg.name, "dtype": cfg.dtype, "batch_size": batch_size,
+                     "seq_len": seq_len, "repeats": repeats,
+                     "vishwamai_s": ours_s, "baseline_s": base_s, "speedup": base_s / ours_s,
+                     "vishwamai_tokens_per_s": batch_size * seq_len / ours_s,
+                     "baseline_tokens_per_s": batch_size * seq_len / base_s,
+                     "vishwamai_mfu": f / ours_s / peak[0], "baseline_mfu": f / base_s / peak[0],
+                     "peak_flops_per_s": peak[0], "peak_source": peak[1]})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # the seed's benchmark, made honest
 # ---------------------------------------------------------------------------------------------
