@@ -26,7 +26,7 @@ CI_PARAMETERS = {
     "03c_sharding.ipynb": {"preset": "tiny", "seq_len": 32},
     "04_memory.ipynb": {},
     "05_performance.ipynb": {"preset": "tiny", "sweep_batches": [1, 4], "seq_len": 64,
-                             "sweep_seq_len": 64, "repeats": 2, "train_repeats": 1},
+                             "sweep_seq_len": 64, "repeats": 2, "headline_repeats": 1},
     "appendix_errata.ipynb": {},
 }
 

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model preset ('auto': small on CPU, base on accelerators)")
     p.add_argument("--batch", type=_positive, default=8, help="batch size")
     p.add_argument("--seq", type=_positive, default=256, help="sequence length")
-    p.add_argument("--repeats", type=_positive, default=5, help="timed repeats of each")
+    p.add_argument("--dtype", type=_dtype, default=None, help="compute dtype (default: preset's)")
+    p.add_argument("--repeats", type=_positive, default=3, help="timed repeats of each")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("report", help="the accelerator suite for the book, into one JSON file")
@@ -149,11 +150,11 @@ def _run_model(args, kind: str) -> dict:
 def _run_baseline(args) -> dict:
     from vishwamai.benchmarks.harness import env_info, save_results
     from vishwamai.benchmarks.model import versus_baseline
-    rows = versus_baseline(args.preset, args.batch, args.seq, repeats=args.repeats,
-                           progress=not args.no_progress)
+    rows = versus_baseline(args.preset, args.batch, args.seq, dtype=args.dtype,
+                           repeats=args.repeats, progress=not args.no_progress)
     payload = {"kind": "baseline", "rows": rows, "env": env_info()}
-    _print_table(rows, ("kind", "model", "batch_size", "seq_len", "vishwamai_s", "baseline_s",
-                        "speedup", "vishwamai_mfu", "baseline_mfu"))
+    _print_table(rows, ("kind", "model", "batch_size", "seq_len", "median_s",
+                        "baseline_median_s", "speedup", "mfu", "baseline_mfu"))
     if args.out:
         save_results(args.out, payload)
         print(f"wrote {args.out}")

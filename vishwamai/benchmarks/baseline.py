@@ -2,11 +2,12 @@
 
 The kind of model and train step a practitioner writes in an afternoon from the Flax and optax
 documentation: `nn.Dense` projections, `nn.RMSNorm`, RoPE, `jax.nn.dot_product_attention`
-(XLA's dense path), a SwiGLU MLP, the full `[B, T, V]` logits and
+(XLA's dense path), the MLP (gated or not), the full `[B, T, V]` logits and
 `optax.softmax_cross_entropy_with_integer_labels`, AdamW behind `optax.clip_by_global_norm`.
-It has the same parameter count and FLOPs as `VishwamAI` for a gated-MLP RoPE config, so timing
-both in one process gives a ratio that the machine's noise cancels out of
-(`vishwamai.benchmarks.model.measure_train(..., baseline=True)`).
+For the configs it accepts (bias-free RMSNorm decoders: `tiny`, `small`, the seed's and the
+Llama presets) it has the same parameters and FLOPs as `VishwamAI`, so timing both in one
+process gives a ratio that the machine's noise cancels out of
+(`vishwamai.benchmarks.model.versus_baseline`).
 
 No chunked loss, no flash kernel, no fused clipping: what `vishwamai` adds on top is measured
 against this.
@@ -22,13 +23,14 @@ from vishwamai.config import ModelConfig
 
 
 def _check(cfg: ModelConfig) -> None:
-    if not (cfg.gated_mlp and cfg.mlp_activation == "swiglu" and cfg.position == "rope"
-            and cfg.norm == "rmsnorm" and not cfg.tie_embeddings and not cfg.use_bias):
+    if not (cfg.norm == "rmsnorm" and cfg.position in ("rope", "none") and not cfg.use_bias):
         raise ValueError(
-            "the baseline implements untied, bias-free RMSNorm + RoPE + SwiGLU decoders "
-            f"(presets 'tiny', 'small', Llama-style); got config {cfg.name!r} with "
-            f"mlp_activation={cfg.mlp_activation!r}, position={cfg.position!r}, "
-            f"norm={cfg.norm!r}, tie_embeddings={cfg.tie_embeddings}, use_bias={cfg.use_bias}")
+            "the baseline implements bias-free RMSNorm decoders with RoPE or no positions "
+            f"(the 'tiny'/'small', seed and Llama presets); got config {cfg.name!r} with "
+            f"norm={cfg.norm!r}, position={cfg.position!r}, use_bias={cfg.use_bias}")
+
+
+_ACT = {"swiglu": nn.silu, "geglu": nn.gelu, "gelu": nn.gelu, "relu": nn.relu}
 
 
 def _rope(x, theta):
@@ -36,7 +38,7 @@ def _rope(x, theta):
     freqs = jnp.outer(jnp.arange(T), 1.0 / theta ** (jnp.arange(0, H, 2) / H))
     cos, sin = jnp.cos(freqs)[None, :, None, :], jnp.sin(freqs)[None, :, None, :]
     x1, x2 = x[..., : H // 2], x[..., H // 2:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 class Block(nn.Module):
@@ -45,32 +47,40 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.cfg
-        dense = lambda n, name: nn.Dense(n, use_bias=False, name=name)
-        h = nn.RMSNorm(epsilon=c.norm_eps, name="attn_norm")(x)
+        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, name=name)
+        h = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.dtype, name="attn_norm")(x)
         B, T, _ = h.shape
         q = dense(c.num_heads * c.head_dim, "q")(h).reshape(B, T, c.num_heads, c.head_dim)
         k = dense(c.num_kv_heads * c.head_dim, "k")(h).reshape(B, T, c.num_kv_heads, c.head_dim)
         v = dense(c.num_kv_heads * c.head_dim, "v")(h).reshape(B, T, c.num_kv_heads, c.head_dim)
-        q, k = _rope(q, c.rope_theta), _rope(k, c.rope_theta)
+        if c.position == "rope":
+            q, k = _rope(q, c.rope_theta), _rope(k, c.rope_theta)
         a = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
         x = x + dense(c.hidden_dim, "o")(a.reshape(B, T, -1))
-        h = nn.RMSNorm(epsilon=c.norm_eps, name="mlp_norm")(x)
-        h = nn.silu(dense(c.mlp_dim, "gate")(h)) * dense(c.mlp_dim, "up")(h)
+        h = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.dtype, name="mlp_norm")(x)
+        if c.gated_mlp:
+            h = _ACT[c.mlp_activation](dense(c.mlp_dim, "gate")(h)) * dense(c.mlp_dim, "up")(h)
+        else:
+            h = _ACT[c.mlp_activation](dense(c.mlp_dim, "up")(h))
         return x + dense(c.hidden_dim, "down")(h)
 
 
 class Baseline(nn.Module):
-    """tokens `[B, T]` -> logits `[B, T, V]` (f32)."""
+    """tokens `[B, T]` -> logits `[B, T, V]` (f32); matmuls in `cfg.dtype`, f32 parameters."""
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, tokens):
         c = self.cfg
-        x = nn.Embed(c.vocab_size, c.hidden_dim, name="embed")(tokens)
+        embed = nn.Embed(c.vocab_size, c.hidden_dim, dtype=c.dtype, name="embed")
+        x = embed(tokens)
         for i in range(c.num_layers):
             x = Block(c, name=f"block_{i}")(x)
-        x = nn.RMSNorm(epsilon=c.norm_eps, name="final_norm")(x)
-        return nn.Dense(c.vocab_size, use_bias=False, name="lm_head")(x)
+        x = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.dtype, name="final_norm")(x)
+        if c.tie_embeddings:
+            return embed.attend(x).astype(jnp.float32)
+        return nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype,
+                        name="lm_head")(x).astype(jnp.float32)
 
 
 def init(cfg: ModelConfig, rng=None):
@@ -88,8 +98,9 @@ def from_vishwamai(params, cfg: ModelConfig):
     _check(cfg)
     D = cfg.hidden_dim
     out = {"embed": {"embedding": params["token_embed"]["embedding"]},
-           "final_norm": {"scale": params["final_norm"]["scale"]},
-           "lm_head": {"kernel": params["lm_head"]["kernel"]}}
+           "final_norm": {"scale": params["final_norm"]["scale"]}}
+    if not cfg.tie_embeddings:
+        out["lm_head"] = {"kernel": params["lm_head"]["kernel"]}
     for i in range(cfg.num_layers):
         lp = params[f"layer_{i}"]
         at, mlp = lp["attention"], lp["mlp"]
@@ -101,9 +112,12 @@ def from_vishwamai(params, cfg: ModelConfig):
             "k": {"kernel": at["key"]["kernel"].reshape(D, -1)},
             "v": {"kernel": at["value"]["kernel"].reshape(D, -1)},
             "o": {"kernel": at["out"]["kernel"].reshape(-1, D)},
-            "gate": {"kernel": wi[:, 0, :]}, "up": {"kernel": wi[:, 1, :]},
             "down": {"kernel": mlp["wo"]["kernel"]},
         }
+        if cfg.gated_mlp:
+            out[f"block_{i}"].update(gate={"kernel": wi[:, 0, :]}, up={"kernel": wi[:, 1, :]})
+        else:
+            out[f"block_{i}"]["up"] = {"kernel": wi}
     return out
 
 

@@ -221,14 +221,18 @@ def sweep(kind: str, preset_or_cfg="small", *, batch_sizes: Sequence[int] = (8,)
 
 
 def versus_baseline(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 256, *,
-                    kinds: Sequence[str] = ("forward", "train"), repeats: int = 5,
-                    progress: bool = True, seed: int = 0) -> list[dict]:
-    """`vishwamai` against `vishwamai.benchmarks.baseline` (a plain Flax model and train step of
-    the same size), timed alternately in one process, so a busy machine slows both alike.
+                    dtype: str | None = None, kinds: Sequence[str] = ("forward", "train"),
+                    repeats: int = 3, progress: bool = True, seed: int = 0) -> list[dict]:
+    """`vishwamai` against `vishwamai.benchmarks.baseline` (the same model as plain Flax code),
+    timed alternately in one process, so a busy machine slows both alike.
 
-    One row per kind with both medians, `speedup` (baseline median / vishwamai median) and both
-    MFUs against the CPU matmul peak (the higher of a reading before and after) or the device's
-    table peak. Compile time is excluded from every timing.
+    One row per kind (forward: `tokens -> logits`; train: one AdamW step, state donated). Each
+    row has the fields of `measure_forward` / `measure_train` for `vishwamai` (compile_s,
+    median_s, min_s, p10_s, p90_s, tokens_per_s, model and hardware FLOPs, the compiler's cost
+    and memory analysis, the loss), `mfu` and `mfu_best` as `add_mfu` computes them, and
+    `baseline_compile_s`, `baseline_median_s`, `baseline_min_s`, `baseline_tokens_per_s`,
+    `baseline_mfu` and `speedup` (baseline median / vishwamai median). The peak is the CPU's
+    matmul peak (the higher of a reading before and after the timings) or the device table's.
     """
     from vishwamai import train
     from vishwamai.benchmarks import baseline
@@ -238,44 +242,50 @@ def versus_baseline(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 2
             raise ValueError(f"kinds must be drawn from ('forward', 'train'); got {k!r}")
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be an int >= 1; got {repeats!r}")
-    cfg = _config(preset_or_cfg)
+    cfg = _config(preset_or_cfg, dtype=dtype)
     base_model, base_params = baseline.init(cfg, jax.random.PRNGKey(seed))
     tokens = _tokens(cfg, batch_size, seq_len + 1, seed)
-    fns = {}
+    runs, info = {}, {}
     if "forward" in kinds:
         model = VishwamAI(cfg)
         params = model.init(jax.random.PRNGKey(seed))
-        ours, theirs = jax.jit(model.logits), baseline.make_forward(base_model)
         x = tokens[:, :-1]
-        fns["forward"] = (lambda: ours(params, x), lambda: theirs(base_params, x))
+        fwd, c_ours = compile_time(jax.jit(model.logits), params, x)
+        b_fwd, c_theirs = compile_time(baseline.make_forward(base_model), base_params, x)
+        runs["forward"] = (lambda: fwd(params, x), lambda: b_fwd(base_params, x))
+        info["forward"] = {"compiled": fwd, "compile_s": c_ours, "baseline_compile_s": c_theirs}
     if "train" in kinds:
         opt = train.make_optimizer(warmup_steps=1, total_steps=10_000)
         step = train.make_train_step(cfg, opt)
         box = {"state": train.create_train_state(step.model, opt, jax.random.PRNGKey(seed))}
+        step_c, c_ours = compile_time(step, box["state"], tokens)
         b_opt, b_step = baseline.make_train_step(base_model)
         bbox = {"p": jax.tree.map(jnp.copy, base_params)}
         bbox["s"] = b_opt.init(bbox["p"])
+        b_step_c, c_theirs = compile_time(b_step, bbox["p"], bbox["s"], tokens)
 
         def ours_train():
-            box["state"], m = step(box["state"], tokens)
-            return box["state"], m
+            box["state"], box["metrics"] = step_c(box["state"], tokens)
+            return box["state"], box["metrics"]
 
         def base_train():
-            bbox["p"], bbox["s"], loss = b_step(bbox["p"], bbox["s"], tokens)
+            bbox["p"], bbox["s"], loss = b_step_c(bbox["p"], bbox["s"], tokens)
             return bbox["p"], bbox["s"], loss
 
-        fns["train"] = (ours_train, base_train)
-    for pair in fns.values():                       # compile and warm both
+        runs["train"] = (ours_train, base_train)
+        info["train"] = {"compiled": step_c, "compile_s": c_ours, "baseline_compile_s": c_theirs,
+                         "box": box}
+    for pair in runs.values():                      # one untimed warm call each
         for f in pair:
             jax.block_until_ready(f())
     peak = device_peak(cfg.dtype)
-    times = {(k, who): [] for k in fns for who in (0, 1)}
+    times = {(k, who): [] for k in runs for who in (0, 1)}
     it = range(repeats)
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=f"vishwamai vs baseline ({cfg.name})", leave=False)
     for _ in it:
-        for k, pair in fns.items():
+        for k, pair in runs.items():
             for who, f in enumerate(pair):
                 t0 = time.perf_counter()
                 jax.block_until_ready(f())
@@ -285,16 +295,26 @@ def versus_baseline(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 2
         peak = (max(peak[0], after[0]), f"{peak[1]}; higher of {peak[0] / 1e9:.1f} (before) "
                 f"and {after[0] / 1e9:.1f} (after) GFLOP/s")
     rows = []
-    for k in fns:
-        ours_s, base_s = (float(np.median(times[(k, w)])) for w in (0, 1))
-        f = model_flops(cfg, batch_size, seq_len, k)["model"]
-        rows.append({"kind": k, "model": cfg.name, "dtype": cfg.dtype, "batch_size": batch_size,
-                     "seq_len": seq_len, "repeats": repeats,
-                     "vishwamai_s": ours_s, "baseline_s": base_s, "speedup": base_s / ours_s,
-                     "vishwamai_tokens_per_s": batch_size * seq_len / ours_s,
-                     "baseline_tokens_per_s": batch_size * seq_len / base_s,
-                     "vishwamai_mfu": f / ours_s / peak[0], "baseline_mfu": f / base_s / peak[0],
-                     "peak_flops_per_s": peak[0], "peak_source": peak[1]})
+    for k in runs:
+        t, tb = (np.asarray(times[(k, w)]) for w in (0, 1))
+        med, med_b = float(np.median(t)), float(np.median(tb))
+        f = model_flops(cfg, batch_size, seq_len, k)
+        row = {"kind": k, "model": cfg.name, "dtype": cfg.dtype, "batch_size": batch_size,
+               "seq_len": seq_len, "status": "ok", "repeats": repeats,
+               "compile_s": info[k]["compile_s"], "median_s": med, "min_s": float(t.min()),
+               "p10_s": float(np.percentile(t, 10)), "p90_s": float(np.percentile(t, 90)),
+               "tokens_per_s": batch_size * seq_len / med,
+               "model_flops": f["model"], "hardware_flops": f["hardware"],
+               "achieved_flops_per_s": f["model"] / med,
+               **_xla_cost(info[k]["compiled"]), **_memory(info[k]["compiled"])}
+        if k == "train":
+            row["loss"] = float(info[k]["box"]["metrics"]["loss"])
+        add_mfu([row], *peak)
+        row.update({"baseline_compile_s": info[k]["baseline_compile_s"],
+                    "baseline_median_s": med_b, "baseline_min_s": float(tb.min()),
+                    "baseline_tokens_per_s": batch_size * seq_len / med_b,
+                    "baseline_mfu": f["model"] / med_b / peak[0], "speedup": med_b / med})
+        rows.append(row)
     return rows
 
 
