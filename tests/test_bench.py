@@ -152,3 +152,5 @@ def test_cli_baseline_writes_consistent_rows(tmp_path, capsys):
     assert "speedup" in capsys.readouterr().out
     with pytest.raises(ValueError, match="kinds"):
         mb.versus_baseline("tiny", 2, 16, kinds=("backward",))
+    with pytest.raises(ValueError, match="batch_size"):
+        mb.versus_baseline("tiny", 0, 16)

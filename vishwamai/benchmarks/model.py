@@ -240,8 +240,9 @@ def versus_baseline(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 2
     for k in kinds:
         if k not in ("forward", "train"):
             raise ValueError(f"kinds must be drawn from ('forward', 'train'); got {k!r}")
-    if not (isinstance(repeats, int) and repeats >= 1):
-        raise ValueError(f"repeats must be an int >= 1; got {repeats!r}")
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("repeats", repeats)):
+        if not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"{name} must be an int >= 1; got {v!r}")
     cfg = _config(preset_or_cfg, dtype=dtype)
     base_model, base_params = baseline.init(cfg, jax.random.PRNGKey(seed))
     tokens = _tokens(cfg, batch_size, seq_len + 1, seed)
