@@ -1,0 +1,12 @@
+"""Measuring, at the bottom of the package (it imports only jax and numpy).
+
+- `compiled`: `CompiledStats`, the one reader of a compiled executable's `cost_analysis()`,
+  `memory_analysis()` and HLO collectives;
+- `timing`: warm-up, blocking, median and spread; the CPU's matmul peak and memory bandwidth;
+- `trace`: device busy time from a `jax.profiler` trace.
+"""
+from vishwamai.measure.compiled import (COLLECTIVE_KINDS, CompiledStats,  # noqa: F401
+                                        collectives, cost_analysis)
+from vishwamai.measure.timing import (block, compile_time, env_info, higher_peak,  # noqa: F401
+                                      is_oom, matmul_peak, memory_bandwidth, spread, time_fn)
+from vishwamai.measure.trace import busy_fractions, union_length  # noqa: F401
