@@ -304,6 +304,20 @@ def seed_configs() -> dict[str, dict]:
     return dims
 
 
+def as_config(config: "ModelConfig | Mapping[str, Any] | str") -> ModelConfig:
+    """Anything that names a model -> its `ModelConfig`: the config itself, a preset name, or a
+    dict (this class's fields or the seed's keys, see `ModelConfig.from_dict`).
+
+    The one resolver every entry point uses; errors name the accepted forms.
+    """
+    if isinstance(config, str):
+        return get_preset(config)
+    if isinstance(config, (ModelConfig, Mapping)):
+        return ModelConfig.from_dict(config)
+    raise ValueError(f"config must be a ModelConfig, a preset name or a dict; got "
+                     f"{type(config).__name__}")
+
+
 def resolve_preset(name: str = "auto", *, cpu: str = "tiny", accelerator: str = "base") -> str:
     """`'auto'` -> a preset sized for the backend JAX runs on (`cpu` on CPU, else `accelerator`).
 
