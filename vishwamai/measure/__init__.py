@@ -6,7 +6,8 @@
 - `trace`: device busy time from a `jax.profiler` trace.
 """
 from vishwamai.measure.compiled import (COLLECTIVE_KINDS, CompiledStats,  # noqa: F401
-                                        collectives, cost_analysis)
+                                        collectives, compiled_flops, compiled_memory,
+                                        cost_analysis)
 from vishwamai.measure.timing import (block, compile_time, env_info, higher_peak,  # noqa: F401
                                       is_oom, matmul_peak, memory_bandwidth, spread, time_fn)
 from vishwamai.measure.trace import busy_fractions, union_length  # noqa: F401
