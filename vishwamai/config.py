@@ -23,6 +23,10 @@ POSITIONS = ("rope", "learned", "none")
 ATTENTION_IMPLS = ("auto", "reference", "flash", "xla", "cudnn", "pallas_tpu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj")
 FP8_SCALINGS = ("tensor", "row", "block")
+# The disjoint parameter components whose sum is the total (`analysis.count_params` computes
+# them from the config, `VishwamAI.param_breakdown` reads them off the real tree).
+PARAM_COMPONENTS = ("embedding", "positions", "attention_q", "attention_k", "attention_v",
+                    "attention_o", "mlp", "norms", "head")
 
 
 @dataclass(frozen=True)
