@@ -73,14 +73,6 @@ def test_chapter_structure(name):
         assert re.search(rf"^{key}\s*=", tagged[0].source, re.M), f"CI parameter {key} is not a parameter"
 
 
-def test_colab_install_cells_use_the_configured_repository():
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    for name in CHAPTERS:
-        src = (BOOK / name).read_text()
-        for found in re.findall(r"git\+(https://[^\s\"'\\]+)", src):
-            assert found == url, f"{name} installs from {found}, _config.yml says {url}"
-
-
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", CHAPTERS)
 def test_chapter_executes_with_ci_parameters(name, tmp_path):
