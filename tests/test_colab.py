@@ -2,6 +2,7 @@
 launch URL names a notebook that exists; the install check accepts this package and stops a
 chapter, with one paragraph and nothing after it run, when `vishwamai` is another package."""
 import json
+import os
 import pathlib
 
 import papermill
@@ -75,3 +76,12 @@ def test_a_fake_vishwamai_stops_the_chapter_at_the_install_cell(tmp_path, monkey
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     first = code.index(next(c for c in code if c["outputs"]))
     assert all(not c["outputs"] and c["execution_count"] is None for c in code[first + 1:])
+
+
+@pytest.mark.skipif(not os.environ.get("VISHWAMAI_COLAB_WHEEL"),
+                    reason="only under `make colab-check`")
+def test_colab_check_imports_the_installed_wheel():
+    """Under `make colab-check` the package comes from the wheel, not from a source tree."""
+    path = pathlib.Path(vishwamai.__file__).resolve()
+    assert "site-packages" in path.parts, path
+    assert not (path.parents[1] / "pyproject.toml").exists()
