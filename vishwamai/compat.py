@@ -1,44 +1,15 @@
 """What differs between the JAX releases the package supports: Colab's (jax 0.7.2) to the
-pinned one (0.10). Each shim feature-detects rather than compares version numbers, and says
-what it stands in for; `make colab-check` runs the suite on the oldest.
+pinned one (0.10). Each shim says what it stands in for and feature-detects where a probe can
+tell; `make colab-check` runs the suite on the oldest. (The fp8 cast's
+difference is handled where it arises, in `kernels.fp8._to_fp8`.)
 """
 from __future__ import annotations
 
-import functools
+import re
 
 import jax
 import jax.extend.core
 import jax.numpy as jnp
-
-
-@functools.cache
-def _cpu_has_low_precision_dot() -> bool:
-    """Whether XLA:CPU runs a bf16 x bf16 -> f32 dot (jaxlib 0.7 raises "Unsupported element
-    type for DotThunk::Execute: BF16 x BF16 = F32"). Probed once with a 2x2 product."""
-    with jax.ensure_compile_time_eval():  # a real run, also when first asked inside a trace
-        x = jax.device_put(jnp.ones((2, 2), jnp.bfloat16), jax.devices("cpu")[0])
-        try:
-            y = jnp.einsum("ij,jk->ik", x, x, preferred_element_type=jnp.float32)
-            return bool(float(y[0, 0]) == 2.0)
-        except jax.errors.JaxRuntimeError:
-            return False
-
-
-def _low_precision(x) -> bool:
-    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
-
-
-def einsum_f32(subscripts: str, *operands):
-    """`jnp.einsum` with f32 accumulation (`preferred_element_type=float32`).
-
-    Where XLA:CPU has no bf16/f16 dot with an f32 result (jaxlib 0.7), the low-precision
-    operands are upcast to f32 first on CPU: the products are the same (a product of two bf16
-    values is exact in f32) and the sum is f32 either way. Elsewhere it is the plain einsum.
-    """
-    if (jax.default_backend() == "cpu" and any(_low_precision(o) for o in operands)
-            and not _cpu_has_low_precision_dot()):
-        operands = tuple(o.astype(jnp.float32) if _low_precision(o) else o for o in operands)
-    return jnp.einsum(subscripts, *operands, preferred_element_type=jnp.float32)
 
 
 def jaxprs_in_params(params: dict):
@@ -62,3 +33,38 @@ def jaxprs_in_params(params: dict):
 
     for v in params.values():
         yield from walk(v)
+
+
+def cpu_runs_low_precision_dots() -> bool:
+    """Whether XLA:CPU executes bf16 x bf16 -> f32 dots (an f32 result of bf16 operands, as
+    `preferred_element_type=float32` and `jax.nn.dot_product_attention`'s BF16_BF16_F32
+    algorithm ask for).
+
+    jaxlib 0.7 (Colab's) compiles them and then fails at run time on the dots its thunk
+    runtime executes ("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32",
+    seen in the chunked loss and the attention backward); a small probe product is emitted
+    differently and runs, so this goes by the jaxlib release: False before 0.8, True from the
+    pinned 0.10 on.
+    """
+    return _JAXLIB >= (0, 8)
+
+
+def _low_precision(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+
+
+def upcast_for_cpu(*operands):
+    """The operands, low-precision ones in f32 where the CPU cannot run their dot with an f32
+    result (`cpu_runs_low_precision_dots`); unchanged elsewhere. The products are the same (a
+    product of two bf16 values is exact in f32) and the sum is f32 either way."""
+    if jax.default_backend() != "cpu" or cpu_runs_low_precision_dots():
+        return operands
+    return tuple(o.astype(jnp.float32) if _low_precision(o) else o for o in operands)
+
+
+def einsum_f32(subscripts: str, *operands):
+    """`jnp.einsum` accumulating in f32 (`preferred_element_type=float32`), on every release."""
+    return jnp.einsum(subscripts, *upcast_for_cpu(*operands), preferred_element_type=jnp.float32)
+
+
+_JAXLIB = tuple(int(p) for p in re.findall(r"\d+", getattr(jax.lib, "__version__", jax.__version__))[:2])
