@@ -123,9 +123,16 @@ def test_seed_runtime_key_and_hf_aliases():
     d = dict(seed_configs()["base"], batch_size=8)  # the seed's analyze_performance adds it
     assert ModelConfig.from_dict(d) == ModelConfig.from_dict(seed_configs()["base"])
     hf = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}
-    cfg = ModelConfig.from_dict(hf)
+          "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
+          "max_position_embeddings": 128}
+    # Size keys alone leave the family (norm, MLP, biases, positions) open: refused, not guessed.
+    with pytest.raises(ValueError, match="from_hf"):
+        ModelConfig.from_dict(hf)
+    # With its model_type the same dict is a Hugging Face config, read by from_hf.
+    cfg = ModelConfig.from_dict(dict(hf, model_type="llama"))
+    assert cfg == ModelConfig.from_hf(dict(hf, model_type="llama"))
     assert (cfg.hidden_dim, cfg.num_layers, cfg.num_kv_heads, cfg.mlp_dim) == (32, 2, 2, 64)
+    assert (cfg.mlp_activation, cfg.norm, cfg.tie_embeddings) == ("swiglu", "rmsnorm", False)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

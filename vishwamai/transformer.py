@@ -42,11 +42,12 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, deterministic: bool = True, decode: bool = False):
+    def __call__(self, x_BTD, positions_BT, deterministic: bool = True, decode: bool = False,
+                 kv_valid_BS=None):
         cfg = self.config
         h = make_norm(cfg, "pre_attention_norm")(x_BTD)
         h = FlashAttention(cfg, name="attention")(h, positions_BT, deterministic=deterministic,
-                                                  decode=decode)
+                                                  decode=decode, kv_valid_BS=kv_valid_BS)
         x_BTD = x_BTD + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         h = make_norm(cfg, "pre_mlp_norm")(x_BTD)
         h = MLP(cfg, name="mlp")(h, deterministic=deterministic)
@@ -81,13 +82,18 @@ class TransformerModel(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, train: bool = False, *, decode: bool = False,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, positions_BT=None, kv_valid_BS=None):
         """Args:
           tokens_BT: `[B, T]` integer token ids, T <= max_seq_len.
           train: enables dropout (needs a 'dropout' rng).
           decode: use and extend the KV cache (`mutable=['cache']`); see `VishwamAI.generate`.
           return_hidden: return the final-normed hidden states `[B, T, D]` instead of logits,
             for losses that never build the full `[B, T, V]` logits.
+          positions_BT: optional int `[B, T]` positions (RoPE angle or learned-table row); default
+            0..T-1, offset by the tokens already in the cache when decoding. Left-padded rows
+            pass positions that start at 0 at their first real token.
+          kv_valid_BS: optional bool `[B, S]`, False at padding keys: S = T without `decode`, the
+            cache length with it. Padding queries attend to nothing and return zeros.
         Returns:
           logits `[B, T, V]` in the compute dtype (or hidden states, see above).
         """
@@ -103,7 +109,11 @@ class TransformerModel(nn.Module):
             if initialized:
                 positions_T = positions_T + pos.value
                 pos.value = pos.value + T
-        positions_BT = jnp.broadcast_to(positions_T, (B, T))
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(positions_T, (B, T))
+        elif jnp.shape(positions_BT) != (B, T):
+            raise ValueError(f"positions_BT must have shape [B, T]={(B, T)}; got "
+                             f"{jnp.shape(positions_BT)}")
 
         embed = Embed(cfg.vocab_size, cfg.hidden_dim, dtype=cfg.compute_dtype,
                       param_dtype=cfg.weight_dtype, name="token_embed")
@@ -120,7 +130,8 @@ class TransformerModel(nn.Module):
             # self is argument 0: deterministic and decode (3, 4) are Python bools.
             block = nn.remat(Block, policy=remat_policy(cfg.remat), static_argnums=(3, 4))
         for i in range(cfg.num_layers):
-            x_BTD = block(cfg, name=f"layer_{i}")(x_BTD, positions_BT, deterministic, decode)
+            x_BTD = block(cfg, name=f"layer_{i}")(x_BTD, positions_BT, deterministic, decode,
+                                                  kv_valid_BS)
 
         x_BTD = make_norm(cfg, "final_norm")(x_BTD)
         if return_hidden:
