@@ -259,8 +259,9 @@ class ModelConfig:
         """Reads a Hugging Face `config.json` of the GPT-2, Llama, Mistral or Qwen2 family.
 
         Every architecture key is mapped (sizes, heads, kv heads, head_dim, norm eps, RoPE theta
-        and scaling, tied head, activation, biases, learned positions); keys absent from the
-        file take transformers' defaults for that family. Keys that do not change the
+        and scaling, tied head, activation, biases, learned positions). The sizes (vocab,
+        width, depth, heads, MLP width) are required; other keys absent from the file take
+        transformers' defaults for that family. Keys that do not change the
         computed function (token ids, dropout rates, `torch_dtype` beyond choosing the
         dtypes, bookkeeping) are ignored. Keys whose value would change it in a way this
         package does not implement raise `ValueError` naming them: sliding-window attention
@@ -426,8 +427,19 @@ def _hf_window(window, max_len):
                f"within its window, where full causal attention computes the same function")
 
 
+_HF_REQUIRED = {
+    "gpt2": ("vocab_size", "n_embd", "n_layer", "n_head"),
+    "llama": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "intermediate_size"),
+}
+
+
 def _hf_fields(d, max_seq_len=None) -> dict:
     model_type = _hf_model_type(d)
+    required = _HF_REQUIRED["gpt2" if model_type == "gpt2" else "llama"]
+    missing = [k for k in required if d.get(k) is None]
+    if missing:
+        raise ValueError(f"Hugging Face {model_type} config is missing required keys {missing}")
     d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None
                                         or k in ("n_inner", "num_key_value_heads",
                                                  "sliding_window", "head_dim")}}
