@@ -241,12 +241,19 @@ class VishwamAI:
 
         `attention_mask` (optional `[B, T]`, 1 = token, 0 = padding): padding keys are masked and
         positions count tokens only, so a left-padded row computes what it computes alone (the
-        padding rows' own logits are meaningless).
+        padding rows' own logits are meaningless). Its values are checked unless it is traced.
         """
         rngs = {"dropout": rng} if train else None
         if attention_mask is None:
             return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs)
-        mask_BT = jnp.asarray(_check_mask(attention_mask, jnp.shape(tokens_BT), left_padded=False))
+        if isinstance(attention_mask, jax.core.Tracer):  # under jit: only the shape is known
+            if attention_mask.shape != jnp.shape(tokens_BT):
+                raise ValueError(f"attention_mask must have the tokens' shape [B, T]="
+                                 f"{list(jnp.shape(tokens_BT))}; got {list(attention_mask.shape)}")
+            mask_BT = attention_mask.astype(bool)
+        else:
+            mask_BT = jnp.asarray(_check_mask(attention_mask, jnp.shape(tokens_BT),
+                                              left_padded=False))
         return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs,
                                  positions_BT=_mask_positions(mask_BT), kv_valid_BS=mask_BT)
 
