@@ -273,6 +273,14 @@ def test_dtype_cast_and_shardings(tmp_path):
         assert leaf.dtype == jnp.bfloat16 and leaf.sharding == sharding
     want = ref.model.embed_tokens.weight.detach().to(torch.bfloat16).float().numpy()
     np.testing.assert_array_equal(np.asarray(params["token_embed"]["embedding"], np.float32), want)
+    # The package's own sharding tree (a one-device mesh here).
+    from vishwamai.sharding import make_mesh, param_shardings
+
+    mesh = make_mesh()
+    model, params = VishwamAI.from_pretrained(tmp_path, shardings=lambda m: param_shardings(m, mesh))
+    want = param_shardings(model, mesh)
+    for got, sharding in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+        assert got.sharding == sharding
 
 
 def _rewrite(path, change):
