@@ -475,8 +475,7 @@ def _hf_fields(d, max_seq_len=None) -> dict:
     D, N = _hf_int(d, "hidden_size"), _hf_int(d, "num_attention_heads")
     L = _hf_int(d, "num_hidden_layers")
     K = d["num_key_value_heads"] if d["num_key_value_heads"] is not None else N
-    H = d.get("head_dim") if model_type != "qwen2" else None
-    H = H if H is not None else D // N
+    H = d.get("head_dim") or D // N  # transformers: `getattr(config, "head_dim", None) or D // N`
     act = d["hidden_act"]
     if act not in _GATED_ACTIVATIONS:
         _hf_refuse("hidden_act", act, f"accepted: {tuple(_GATED_ACTIVATIONS)}")
@@ -554,7 +553,6 @@ def _to_hf(cfg: "ModelConfig", model_type: str | None) -> dict:
     if model_type == "qwen2":
         need("use_bias", not cfg.use_bias, "False (q/k/v biases only)")
         need("qkv_bias", cfg.qkv_bias, "True")
-        need("head_dim", cfg.q_dim == cfg.hidden_dim, "num_heads * head_dim = hidden_dim")
     else:
         need("qkv_bias", not cfg.qkv_bias or cfg.use_bias, "False (or use_bias=True)")
     if model_type == "mistral":
@@ -563,9 +561,8 @@ def _to_hf(cfg: "ModelConfig", model_type: str | None) -> dict:
                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                num_key_value_heads=cfg.num_kv_heads, hidden_act=hidden_act[cfg.mlp_activation],
                max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-               rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling_params)
-    if model_type != "qwen2":
-        out["head_dim"] = cfg.head_dim
+               rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling_params,
+               head_dim=cfg.head_dim)
     if model_type == "llama":
         out.update(attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias)
     elif model_type == "mistral":

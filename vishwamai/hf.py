@@ -30,7 +30,7 @@ by transformers' conversion script).
 
 Reading streams one tensor at a time (`safetensors.safe_open`): each is checked for shape, converted
 in numpy, cast to the storage dtype and placed (with its sharding when one is given) before the
-next is read, so host memory holds about one tensor beyond the result. This module imports only
+next is read, so host memory holds a few copies of one tensor beyond the result. This module imports only
 the config, numpy, jax and safetensors.
 """
 from __future__ import annotations
