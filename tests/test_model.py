@@ -324,12 +324,14 @@ def test_model_accepts_a_preset_name_and_a_dict():
     assert isinstance(create_vishwamai_transformer("tiny").cfg, ModelConfig)
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2", "xl", "tinyllama_1_1b"])
+@pytest.mark.parametrize("name", ["tiny", "gpt2", "xl", "tinyllama_1_1b", "tiny_qkv_bias"])
 def test_tree_breakdown_equals_analytic_components(name):
     """Per component, the real tree and `analysis.count_params` agree (not just in total)."""
     from vishwamai.analysis import count_params
 
-    tree = VishwamAI(PRESETS[name].replace(attention_impl="reference")).param_breakdown()
-    analytic = count_params(PRESETS[name])
+    # Qwen2's layout: biases on q, k and v only.
+    cfg = PRESETS["tiny"].replace(qkv_bias=True) if name == "tiny_qkv_bias" else PRESETS[name]
+    tree = VishwamAI(cfg.replace(attention_impl="reference")).param_breakdown()
+    analytic = count_params(cfg)
     for component in ("embedding", "positions", "attention", "mlp", "norms", "head", "total"):
         assert tree[component] == analytic[component], component
