@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers",
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from vishwamai import hf  # noqa: E402
-from vishwamai.config import HF_CONFIG_PARAMS, hf_config  # noqa: E402
+from vishwamai.config import HF_CONFIG_PARAMS, ModelConfig, hf_config  # noqa: E402
 from vishwamai.layers.rope import rope_inv_freq  # noqa: E402
 from vishwamai.model import VishwamAI  # noqa: E402
 
@@ -331,3 +331,20 @@ def test_shipped_config_counts_equal_transformers(name):
     ref.tie_weights()  # a tied head then shares the embedding's Parameter
     n_ref = sum(p.numel() for p in ref.parameters())  # tied weights are one Parameter
     assert n_ref == HF_CONFIG_PARAMS[name]
+
+
+@pytest.mark.parametrize("hf_act", ["gelu_new", "gelu", "gelu_pytorch_tanh", "relu"])
+def test_gpt2_activations_equal_transformers(hf_act):
+    """GPT-2's activation_function names, through from_hf, compute transformers' functions:
+    'gelu' is the exact erf form, 'gelu_new' / 'gelu_pytorch_tanh' the tanh approximation."""
+    from transformers.activations import ACT2FN
+
+    from vishwamai.layers.mlp import _ACT
+
+    cfg = ModelConfig.from_hf(dict(hf_config("gpt2"), activation_function=hf_act))
+    x = np.linspace(-6, 6, 2001, dtype=np.float32)
+    want = ACT2FN[hf_act](torch.tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(_ACT[cfg.mlp_activation](jnp.asarray(x))), want,
+                               atol=2e-6, rtol=1e-6)
+    if hf_act == "gelu":  # the two forms differ by more than the tolerance
+        assert np.abs(np.asarray(_ACT["gelu"](jnp.asarray(x))) - want).max() > 1e-4
