@@ -30,7 +30,8 @@ def measure_decode(model: VishwamAI, params, *, batch: int, prompt_len: int,
 
     Returns:
       dict: per_token_s {median, p10, p90}, tokens_per_s {median, p10, p90} (batch /
-      per-token latency), compiles (XLA compilations on the first call of each length),
+      per-token latency; NaN where the difference is not above zero), resolved (the median
+      difference is positive: the steps outlast the timing noise), compiles (XLA compilations on the first call of each length),
       compile_s, cache_len (T + 2N: the longer program's cache), and the arguments.
     """
     if batch < 1 or prompt_len < 1 or new_tokens < 1 or repeats < 1:
@@ -56,9 +57,10 @@ def measure_decode(model: VishwamAI, params, *, batch: int, prompt_len: int,
     d = np.asarray(diffs)
     per = {"median": float(np.median(d)), "p10": float(np.percentile(d, 10)),
            "p90": float(np.percentile(d, 90))}
-    # tokens/s is batch / latency: its p10 comes from the latency's p90 and vice versa.
-    tps = {"median": batch / per["median"], "p10": batch / per["p90"],
-           "p90": batch / per["p10"]}
-    return {"per_token_s": per, "tokens_per_s": tps, "compiles": compiles,
+    # tokens/s is batch / latency: its p10 comes from the latency's p90 and vice versa. A
+    # difference at or below zero is timing noise (a model too small for the timer): NaN.
+    rate = lambda s: batch / s if s > 0 else float("nan")  # noqa: E731
+    tps = {"median": rate(per["median"]), "p10": rate(per["p90"]), "p90": rate(per["p10"])}
+    return {"per_token_s": per, "tokens_per_s": tps, "resolved": per["median"] > 0, "compiles": compiles,
             "compile_s": compile_s, "batch": batch, "prompt_len": prompt_len,
             "new_tokens": new_tokens, "repeats": repeats, "cache_len": prompt_len + 2 * new_tokens}

@@ -10,5 +10,6 @@ from vishwamai.measure.compiles import COMPILE_EVENT, count_compiles  # noqa: F4
 from vishwamai.measure.compiled import (COLLECTIVE_KINDS, CompiledStats,  # noqa: F401
                                         collectives, cost_analysis)
 from vishwamai.measure.timing import (block, compile_time, env_info, higher_peak,  # noqa: F401
-                                      is_oom, matmul_peak, memory_bandwidth, spread, time_fn)
+                                      is_oom, matmul_peak, matvec_bandwidth, memory_bandwidth, spread,
+                                      time_fn)
 from vishwamai.measure.trace import busy_fractions, union_length  # noqa: F401
