@@ -41,8 +41,8 @@ import math
 from vishwamai.analysis.flops import flops
 from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
 from vishwamai.analysis.memory import optimizer_bytes
-from vishwamai.analysis.params import _cfg, bytes_per, count_params
-from vishwamai.config import ModelConfig
+from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai.config import ModelConfig, as_config
 
 LAYOUTS = ("data", "zero1", "zero2", "fsdp", "tensor")
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all")
@@ -113,7 +113,7 @@ def collective_bytes(cfg: ModelConfig | str, layout: str, *, n: int, batch: int,
     _check_n(n)
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch and seq_len must be >= 1; got batch={batch}, seq_len={seq_len}")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
     w = _weights(c)
     out = {k: {"bytes": 0.0, "wire": 0.0} for k in KINDS}
@@ -215,7 +215,7 @@ def zero_memory(cfg: ModelConfig | str, layout: str, *, n: int, optimizer: str =
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
     _check_n(n)
-    c = _cfg(cfg)
+    c = as_config(cfg)
     p = count_params(c)["total"] * bytes_per(c.param_dtype)
     o = optimizer_bytes(c, optimizer)["total"]
     split = {"data": (1, 1, 1), "zero1": (1, 1, n), "zero2": (1, n, n), "fsdp": (n, n, n),
@@ -270,7 +270,7 @@ def pipeline_memory(cfg: ModelConfig | str, *, stages: int, microbatches: int,
     times L / p layers times `activation_bytes_per_layer` (default: the residual-stream input
     of each layer, B_micro * T * D * bytes, i.e. full rematerialisation inside a stage).
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     if c.num_layers % stages:
         raise ValueError(f"stages={stages} does not divide num_layers={c.num_layers}")
     pb = bytes_per(c.param_dtype)
@@ -300,7 +300,7 @@ def context_parallel(cfg: ModelConfig | str, *, cp: int, batch: int, seq_len: in
     device), activation_fraction (1 / cp).
     """
     _check_n(cp)
-    c = _cfg(cfg)
+    c = as_config(cfg)
     kv = 2 * batch * seq_len * c.num_kv_heads * c.head_dim * bytes_per(c.dtype)
     wire = 3 * c.num_layers * kv * (cp - 1) / cp
     return {"kv_bytes_per_layer": kv, "wire": wire, "activation_fraction": 1 / cp, "cp": cp}

@@ -22,20 +22,20 @@ import math
 
 from vishwamai.analysis.flops import decode_flops, flops
 from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
-from vishwamai.analysis.params import _cfg, bytes_per, count_params
-from vishwamai.config import ModelConfig
+from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai.config import ModelConfig, as_config
 
 
 def kv_bytes_per_token(cfg: ModelConfig | str, dtype: str = "bfloat16") -> int:
     """KV cache bytes one token adds across all layers: 2 (K, V) * L * K_heads * H * bytes."""
-    c = _cfg(cfg)
+    c = as_config(cfg)
     return 2 * c.num_layers * c.num_kv_heads * c.head_dim * bytes_per(dtype)
 
 
 def kv_cache_table(cfg: ModelConfig | str) -> dict:
     """KV bytes per token with the model's own heads (GQA where K < N) and as multi-head
     (K = N), in bf16 and int8: {'gqa_bf16', 'gqa_int8', 'mha_bf16', 'mha_int8', 'ratio'}."""
-    c = _cfg(cfg)
+    c = as_config(cfg)
     mha = c.replace(num_kv_heads=c.num_heads)
     out = {f"{name}_{dt}": kv_bytes_per_token(m, d)
            for name, m in (("gqa", c), ("mha", mha)) for dt, d in (("bf16", "bfloat16"),
@@ -86,7 +86,7 @@ def decode_step(cfg: ModelConfig | str, hardware: str | Chip | None = None, *, b
       ridge, bound, peak, bandwidth.
     """
     _check(batch, context, "context")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     pk, bw = _machine(hardware, peak, bandwidth, dtype)
     f = decode_flops(c, batch, context)["total"]
     kv = kv_bytes_per_token(c, kv_dtype)
@@ -104,7 +104,7 @@ def prefill(cfg: ModelConfig | str, hardware: str | Chip | None = None, *, batch
             dtype: str = "bfloat16") -> dict:
     """Roofline of prefilling `batch` prompts of `prompt_len` tokens (module docstring)."""
     _check(batch, prompt_len, "prompt_len")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     pk, bw = _machine(hardware, peak, bandwidth, dtype)
     f = flops(c, batch=batch, seq_len=prompt_len, mode="forward")["model"]
     parts = {"weights": _weights_bytes(c, weight_dtype),
@@ -127,7 +127,7 @@ def critical_batch(cfg: ModelConfig | str, hardware: str | Chip | None = None, *
     outweighs the arithmetic (long contexts: attention reads 2*K*H*S bytes per 4*N*H*S FLOPs).
     """
     _check(1, context, "context")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     pk, bw = _machine(hardware, peak, bandwidth, dtype)
     f = decode_flops(c, 1, context)["total"]
     kv = kv_bytes_per_token(c, kv_dtype)
@@ -160,7 +160,7 @@ def max_batch_for_latency(cfg: ModelConfig | str, hardware: str | Chip, *, conte
     """Largest power-of-two batch whose decode step meets `per_token_s` and whose weights and
     cache fit in `hbm_fraction` of the chips' HBM. Returns batch (0 if none), and its step."""
     chip = get_chip(hardware)
-    c = _cfg(cfg)
+    c = as_config(cfg)
     best, step, b = 0, None, 1
     while b <= 1 << 16:
         s = decode_step(c, chip, batch=b, context=context, chips=chips, **kwargs)
