@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Any, Mapping
 
@@ -9,14 +10,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vishwamai.config import ModelConfig, get_preset
-from vishwamai.transformer import create_vishwamai_transformer
-
-
-def _to_config(config) -> ModelConfig:
-    if isinstance(config, str):
-        return get_preset(config)
-    return ModelConfig.from_dict(config)
+from vishwamai.config import PARAM_COMPONENTS, ModelConfig, as_config
+from vishwamai.kernels.fp8 import quantized_nbytes
+from vishwamai.transformer import (SCAN_NAME, create_vishwamai_transformer, stack_layers,
+                                   unstack_layers)
 
 
 def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
@@ -67,10 +64,12 @@ def _check_sampling(temperature, top_k, top_p, vocab_size):
         raise ValueError(f"top_p must be in (0, 1] or None; got {top_p!r}")
 
 
-TREE_COMPONENTS = ("embedding", "positions", "attention", "mlp", "norms", "head")
+_ATTENTION_PARTS = {"query": "attention_q", "key": "attention_k", "value": "attention_v",
+                    "out": "attention_o"}
 
 
 def _component(path) -> str:
+    """The `PARAM_COMPONENTS` entry a parameter belongs to, from its path in the tree."""
     keys = [getattr(k, "key", str(k)) for k in path]
     if keys[0] == "token_embed":
         return "embedding"
@@ -79,7 +78,9 @@ def _component(path) -> str:
     if keys[0] == "lm_head":
         return "head"
     if "attention" in keys:
-        return "attention"
+        part = keys[keys.index("attention") + 1]
+        if part in _ATTENTION_PARTS:
+            return _ATTENTION_PARTS[part]
     if "mlp" in keys:
         return "mlp"
     if any(k.endswith("norm") for k in keys):
@@ -103,7 +104,7 @@ class VishwamAI:
     """
 
     def __init__(self, config: ModelConfig | Mapping[str, Any] | str = "tiny"):
-        self.config = _to_config(config)
+        self.config = as_config(config)
         self.module = create_vishwamai_transformer(self.config)
 
     # ------------------------------------------------------------------ parameters
@@ -126,19 +127,37 @@ class VishwamAI:
         variables = jax.eval_shape(self.module.init, jax.random.PRNGKey(0), tokens)
         return nn.get_partition_spec(variables)["params"]
 
+    def convert_params(self, params):
+        """`params` in either layer layout -> this config's (`scan_layers`): stacked `layers`
+        or `layer_0` ... `layer_{L-1}`. Exact; a tree already in this layout is returned."""
+        scanned = SCAN_NAME in params
+        if scanned == self.config.scan_layers:
+            return params
+        if self.config.scan_layers:
+            return stack_layers(params, self.config.num_layers)
+        return unstack_layers(params)
+
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_params()))
 
-    def param_breakdown(self) -> dict:
+    def param_breakdown(self, *, split_attention: bool = False) -> dict:
         """Parameters per component, read off the real tree (`jax.eval_shape`: no memory).
 
-        Components: embedding, positions, attention (q, k, v, o), mlp, norms, head; plus total.
+        Components: embedding, positions, attention (q, k, v and o summed, or apart as
+        attention_q/k/v/o with `split_attention`), mlp, norms, head; plus total. The same
+        components, `config.PARAM_COMPONENTS`, as `analysis.count_params`.
         """
-        counts = dict.fromkeys(TREE_COMPONENTS, 0)
+        counts = dict.fromkeys(PARAM_COMPONENTS, 0)
         for path, leaf in jax.tree_util.tree_leaves_with_path(self.abstract_params()):
             counts[_component(path)] += leaf.size
-        counts["total"] = sum(counts[c] for c in TREE_COMPONENTS)
-        return counts
+        counts["total"] = sum(counts.values())
+        if split_attention:
+            return counts
+        merged: dict = {}
+        for name, n in counts.items():
+            key = "attention" if name.startswith("attention_") else name
+            merged[key] = merged.get(key, 0) + n
+        return merged
 
     # ------------------------------------------------------------------ forward and loss
     def logits(self, params, tokens_BT, *, train: bool = False, rng=None):
@@ -240,13 +259,75 @@ class VishwamAI:
             ckptr.save(path, params)
 
     def restore(self, path: str | os.PathLike):
-        """Reads parameters saved by `save`, checked against this config's parameter shapes."""
+        """Reads parameters saved by `save`, checked against this config's parameter shapes.
+
+        A checkpoint written in the other layer layout (scanned vs unrolled, see
+        `ModelConfig.scan_layers`) is read in its own layout and converted (`convert_params`).
+        """
         import orbax.checkpoint as ocp
         path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(path):
             raise ValueError(f"no checkpoint directory at path={path!r}")
         with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(path, self.abstract_params())
+            saved_scanned = SCAN_NAME in ckptr.metadata(path).item_metadata
+            target = self
+            if saved_scanned != self.config.scan_layers:
+                target = VishwamAI(self.config.replace(scan_layers=saved_scanned))
+            return self.convert_params(ckptr.restore(path, target.abstract_params()))
 
     def __repr__(self):
         return f"VishwamAI({self.config.name!r}, params={self.num_params():,})"
+
+
+# ---------------------------------------------------------------------------------------------
+# the weights in fp8
+# ---------------------------------------------------------------------------------------------
+
+def matmul_weight_shapes(params, param_axes) -> dict:
+    """The `[K, N]` GEMM view of every projection kernel in a parameter tree.
+
+    A kernel whose last logical axis is ``'embed'`` writes back into the residual stream, so all
+    its other axes are contracted (`[N, H, D] -> [N*H, D]`); any other kernel contracts its first
+    axis (`[D, N, H] -> [D, N*H]`). That is how `vishwamai.layers.linear` reshapes them for
+    `fp8_gemm_optimized`.
+
+    Args:
+      params: a parameter tree (arrays or `jax.ShapeDtypeStruct`s, e.g. `abstract_params()`).
+      param_axes: the matching tree of logical-axis `PartitionSpec`s (`param_axes()`).
+
+    Returns:
+      `{path: (K, N)}` for the leaves named ``kernel``.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    axes = jax.tree_util.tree_leaves(
+        param_axes, is_leaf=lambda x: isinstance(x, (tuple, jax.sharding.PartitionSpec)))
+    if len(axes) != len(leaves):
+        raise ValueError(f"param_axes has {len(axes)} leaves, params {len(leaves)}")
+    out = {}
+    for (path, leaf), names in zip(leaves, axes):
+        if getattr(path[-1], "key", None) != "kernel":
+            continue
+        shape = tuple(leaf.shape)
+        if tuple(names)[-1] == "embed":
+            out[jax.tree_util.keystr(path)] = (math.prod(shape[:-1]), shape[-1])
+        else:
+            out[jax.tree_util.keystr(path)] = (shape[0], math.prod(shape[1:]))
+    return out
+
+
+def fp8_weight_bytes(params, param_axes, scaling="tensor", *, block_size=128) -> dict:
+    """Bytes of a model's weights with the projection kernels stored in fp8 and the rest in bf16.
+
+    Returns:
+      `{'matmul_params', 'other_params', 'fp8_data', 'fp8_scales', 'other_bf16', 'total'}`:
+      parameter counts and bytes (scales f32, tiled as `quantized_nbytes` describes).
+    """
+    shapes = matmul_weight_shapes(params, param_axes)
+    per = [quantized_nbytes(s, scaling, block_size=block_size) for s in shapes.values()]
+    n_all = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
+    n_mm = sum(k * n for k, n in shapes.values())
+    data = sum(p["data"] for p in per)
+    scales = sum(p["scales"] for p in per)
+    other = 2 * (n_all - n_mm)
+    return {"matmul_params": n_mm, "other_params": n_all - n_mm, "fp8_data": data,
+            "fp8_scales": scales, "other_bf16": other, "total": data + scales + other}

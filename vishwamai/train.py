@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vishwamai.config import ModelConfig, REMAT_POLICIES, DTYPES
+from vishwamai.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES, ModelConfig, as_config
+from vishwamai.model import VishwamAI
 
 DEFAULT_CHUNK = 128
 
@@ -213,8 +214,15 @@ def lr_schedule(learning_rate: float = 3e-4, *, warmup_steps: int = 100, total_s
 
 
 def decay_mask(params):
-    """Weight decay applies to matrices (kernels, embeddings), not to norm scales or biases."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay applies to matrices (kernels, embeddings), not to norm scales or biases.
+
+    Decided by the leaf's name, not its rank: a scanned model (`scan_layers`) stacks a norm
+    scale into an [L, D] array, and a multi-head bias is [N, H]; neither is a matrix.
+    """
+    def is_matrix(path, p):
+        return getattr(path[-1], "key", None) not in ("scale", "bias")
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(learning_rate: float = 3e-4, *, warmup_steps: int = 100, total_steps: int = 1000,
@@ -273,10 +281,10 @@ class TrainState:
     rng: jax.Array
 
 
-def _as_model(model_or_cfg, *, dtype=None, remat=None, attention_impl=None):
-    from vishwamai.model import VishwamAI
-    cfg = model_or_cfg.config if isinstance(model_or_cfg, VishwamAI) else model_or_cfg
-    cfg = VishwamAI(cfg).config if not isinstance(cfg, ModelConfig) else cfg
+def as_model(model_or_cfg, *, dtype=None, remat=None, attention_impl=None) -> VishwamAI:
+    """A `VishwamAI` from a model, config, preset name or dict, with run-time overrides of its
+    compute `dtype`, `remat` policy and `attention_impl` (the same model when none changes)."""
+    cfg = model_or_cfg.config if isinstance(model_or_cfg, VishwamAI) else as_config(model_or_cfg)
     changes = {}
     if dtype is not None:
         if dtype not in DTYPES:
@@ -287,6 +295,8 @@ def _as_model(model_or_cfg, *, dtype=None, remat=None, attention_impl=None):
             raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
         changes["remat"] = remat
     if attention_impl is not None:
+        if attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={attention_impl!r} is not one of {ATTENTION_IMPLS}")
         changes["attention_impl"] = attention_impl
     if changes:
         cfg = cfg.replace(**changes)
@@ -444,7 +454,7 @@ def make_train_step(model_or_cfg, optimizer: optax.GradientTransformation, *,
     `learning_rate` (the one this step applied). The returned function has `.model` (with the
     overrides applied) and `.step_fn` (unjitted).
     """
-    model = _as_model(model_or_cfg, dtype=dtype, remat=remat, attention_impl=attention_impl)
+    model = as_model(model_or_cfg, dtype=dtype, remat=remat, attention_impl=attention_impl)
     step = make_step_fn(model, optimizer, chunk_size=chunk_size, accum_steps=accum_steps)
     kw = {}
     if in_shardings is not None:

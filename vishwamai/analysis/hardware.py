@@ -20,6 +20,10 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+import jax
+
+from vishwamai.measure import matmul_peak
+
 GiB = 2**30
 GB = 10**9
 TB = 10**12
@@ -190,8 +194,6 @@ def detect_device(device=None) -> str:
     wrong entry.
     """
     if device is None:
-        import jax
-
         device = jax.devices()[0]
     kind = device if isinstance(device, str) else device.device_kind
     if not isinstance(device, str) and getattr(device, "platform", "") == "cpu":
@@ -210,9 +212,7 @@ def measure_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) ->
 
 @functools.cache
 def _measure_matmul(dtype: str, n: int, repeats: int) -> float:
-    from vishwamai.benchmarks.harness import measure_matmul_peak
-
-    return measure_matmul_peak(dtype, n, repeats)
+    return matmul_peak(dtype, n, repeats)
 
 
 def _normalise_dtype(dtype) -> str:

@@ -30,9 +30,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-IMPLEMENTATIONS = ("auto", "reference", "flash", "xla", "cudnn", "pallas_tpu")
+from vishwamai.config import ATTENTION_IMPLS
+
+IMPLEMENTATIONS = ATTENTION_IMPLS
 
 # Default (block_q, block_k) of `flash_attention` per backend. The CPU pair was chosen with
 # `python -m vishwamai.benchmarks.attention --tune --seq-lens 4096` (2-core AVX-512 host, B=1,
@@ -324,7 +327,6 @@ def flash_tile_map(T: int, S: int, *, causal: bool = True, block_q: int | None =
     """Which `[block_q, block_k]` tiles `flash_attention` computes, as an int array
     `[n_q, n_k]`: 0 skipped by the loop bounds, 1 computed whole, 2 computed with masked pairs
     (the causal diagonal and internal key padding). The same block plan as the kernel."""
-    import numpy as np
     default_q, default_k = DEFAULT_BLOCKS.get(backend or jax.default_backend(),
                                               DEFAULT_BLOCKS["gpu"])
     bq, n_q = _plan_blocks(T, block_q or default_q)

@@ -8,7 +8,8 @@
 """
 from vishwamai.measure.compiles import COMPILE_EVENT, count_compiles  # noqa: F401
 from vishwamai.measure.compiled import (COLLECTIVE_KINDS, CompiledStats,  # noqa: F401
-                                        collectives, cost_analysis)
+                                        collectives, compiled_flops, compiled_memory,
+                                        cost_analysis)
 from vishwamai.measure.timing import (block, compile_time, env_info, higher_peak,  # noqa: F401
                                       is_oom, matmul_peak, matvec_bandwidth, memory_bandwidth, spread,
                                       time_fn)
