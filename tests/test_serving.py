@@ -129,3 +129,9 @@ def test_calculator_grid_rows_and_widget_json():
     assert "http" not in re.sub(r"<!--.*?-->", "", html)    # nothing fetched from a network
     with pytest.raises(ValueError, match="grid axes"):
         calculator.calculator_grid({"gpus": (8,)})
+
+
+def test_published_entry_names_what_it_compares():
+    bad = {**published.PUBLISHED[0], "compare": "bandwidth"}
+    with pytest.raises(ValueError, match="compare"):
+        published.reproduce(bad)

@@ -98,7 +98,7 @@ def calculator_html(rows: list[dict], *, element_id: str = "vishwamai-calculator
 <div class="bar" style="position:relative;height:34px;background:#f4f4f4;border:1px solid #999"></div>
 <div class="legend" style="margin:6px 0;font-size:13px"></div>
 <div class="verdict" style="font-size:15px;font-weight:bold;margin:6px 0"></div>
-<table class="detail" style="border-collapse:collapse;font-size:13px"></table>
+<table class="detail" style="border-collapse:collapse;font-size:13px;margin:0"></table>
 <script type="application/json" id="{i}-data">{data}</script>
 <script>
 (function() {{
