@@ -44,9 +44,11 @@ PUBLISHED: tuple[dict, ...] = (
      "global_batch": 16, "precision": "bf16", "mfu": 0.33, "tokens_per_s_per_chip": 5762,
      "tflops_per_chip": None, "stated_convention": "full", "compare": "mfu",
      "notes": "Local batch 2, global 16, selective AC. The page states MFU only as '33% to 39%' "
-              "for the 8B runs without Float8 (the lower figure is the run without "
-              "torch.compile, this row), against the SXM peak although its 500 W HBM2e H100s "
-              "are slower. seq_len 8192 is the llama3_8b.toml default, not on the page."},
+              "for the 8B runs without Float8, '(with or without torch.compile, "
+              "respectively)'; the tokens/s pair them the other way (5,762 without compile is "
+              "the lower end, this row; 6,667 with it the upper). MFU is against the SXM peak "
+              "although its 500 W HBM2e H100s are slower. seq_len 8192 is the llama3_8b.toml "
+              "default, not on the page."},
     {"key": "megatron_bridge_llama3_8b_fp8_8xh100", "framework": "Megatron-Bridge (NeMo)",
      "source": "github.com/NVIDIA-NeMo/Megatron-Bridge docs/performance-summary.md "
                "(25.11 container, DGX-H100, LLAMA3_8B)",

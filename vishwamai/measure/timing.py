@@ -136,8 +136,8 @@ def memory_bandwidth(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
 def matvec_bandwidth(n: int = 8192, repeats: int = 5) -> float:
     """Bytes/s a jitted [n, n] @ [n] float32 product reads its matrix at, the fastest of
     `repeats`: the rate a decode step's weight reads get (a matrix-vector product per weight
-    matrix). On a CPU it can exceed `memory_bandwidth`, whose elementwise pass XLA runs on
-    fewer threads."""
+    matrix). On a CPU it can be several times `memory_bandwidth`'s elementwise rate (XLA's
+    CPU backend runs the two kinds of work differently)."""
     w = jnp.ones((n, n), jnp.float32)
     x = jnp.ones((n,), jnp.float32)
     f = jax.jit(lambda a, b: a @ b)
