@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vishwamai.compat import einsum_f32
 from vishwamai.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES, ModelConfig, as_config
 from vishwamai.model import VishwamAI
 
@@ -53,8 +54,7 @@ def _unchunk(x_nBC, T: int):
 
 
 def _chunk_logits(h_BCD, w_DV):
-    return jnp.einsum("BCD,DV->BCV", h_BCD, w_DV.astype(h_BCD.dtype),
-                      preferred_element_type=jnp.float32)
+    return einsum_f32("BCD,DV->BCV", h_BCD, w_DV.astype(h_BCD.dtype))
 
 
 def _nll_from_logits(logits_BCV, t_BC, m_BC):
@@ -97,8 +97,8 @@ def _fused_forward(h_BTD, w_DV, t_BT, m_BT, chunk: int, with_grads: bool):
         # d(sum nll)/d logits = (softmax - onehot) * mask, in f32, cast for the matmuls.
         g_BCV = e * (m / s)[..., None] - jax.nn.one_hot(t, V, dtype=jnp.float32) * m[..., None]
         g_BCV = g_BCV.astype(h.dtype)
-        dh = jnp.einsum("BCV,DV->BCD", g_BCV, w_c, preferred_element_type=jnp.float32)
-        dw_DV = dw_DV + jnp.einsum("BCD,BCV->DV", h, g_BCV, preferred_element_type=jnp.float32)
+        dh = einsum_f32("BCV,DV->BCD", g_BCV, w_c)
+        dw_DV = dw_DV + einsum_f32("BCD,BCV->DV", h, g_BCV)
         return (total + jnp.sum(nll), dw_DV), dh.astype(h_BTD.dtype)
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros((D, V), jnp.float32))

@@ -3,7 +3,8 @@
 Shape letters: V vocab, L layers, D hidden_dim, N query heads, K kv heads, H head_dim,
 F mlp_dim. The tree this mirrors (`VishwamAI(cfg).abstract_params()`):
   token_embed/embedding [V, D]; position_embed/embedding [max_seq_len, D] (learned positions);
-  layer_i/attention/{query [D,N,H], key [D,K,H], value [D,K,H], out [N,H,D]}/{kernel, bias?};
+  layer_i/attention/{query [D,N,H], key [D,K,H], value [D,K,H], out [N,H,D]}/{kernel, bias?}
+    (q/k/v biases [N,H]/[K,H] with use_bias or qkv_bias; the out bias [D] with use_bias only);
   layer_i/mlp/wi [D,2,F] (gated) or [D,F], wo [F,D] (+ biases);
   layer_i/{pre_attention_norm, pre_mlp_norm}, final_norm: scale [D] (+ bias [D] for LayerNorm
   with use_bias); lm_head/kernel [D, V] when embeddings are untied.
@@ -42,9 +43,10 @@ def count_params(cfg: ModelConfig | str) -> dict:
     V, L, D, N, K, H, F = (c.vocab_size, c.num_layers, c.hidden_dim, c.num_heads,
                            c.num_kv_heads, c.head_dim, c.mlp_dim)
     bias = c.use_bias
-    q = D * N * H + (N * H if bias else 0)
-    k = D * K * H + (K * H if bias else 0)
-    v = D * K * H + (K * H if bias else 0)
+    qkv_bias = c.attention_qkv_bias
+    q = D * N * H + (N * H if qkv_bias else 0)
+    k = D * K * H + (K * H if qkv_bias else 0)
+    v = D * K * H + (K * H if qkv_bias else 0)
     o = N * H * D + (D if bias else 0)
     wi_cols = 2 * F if c.gated_mlp else F
     mlp = D * wi_cols + F * D + ((wi_cols + D) if bias else 0)

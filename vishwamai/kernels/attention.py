@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vishwamai.compat import upcast_for_cpu
 from vishwamai.config import ATTENTION_IMPLS
 
 IMPLEMENTATIONS = ATTENTION_IMPLS
@@ -451,9 +452,11 @@ def _jax_nn_attention(q, k, v, *, causal, mask, scale, kv_lengths, q_segment_ids
         same = jnp.asarray(q_segment_ids)[:, :, None] == jnp.asarray(kv_segment_ids)[:, None, :]
         dense = same[:, None] if dense is None else dense & same[:, None]
     lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+    dtype = q.dtype
+    q, k, v = upcast_for_cpu(q, k, v)       # the bf16 dot jax.nn asks for, where a CPU can't
     out = jax.nn.dot_product_attention(
         q, k, v, mask=dense, scale=scale, is_causal=causal,
-        key_value_seq_lengths=lengths, implementation=implementation)
+        key_value_seq_lengths=lengths, implementation=implementation).astype(dtype)
     # jax.nn gives a fully masked row the mean of v (uniform softmax over a large negative
     # logit); this module's contract is zeros. The where also zeroes those rows' gradients.
     if dense is not None:

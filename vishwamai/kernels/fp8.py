@@ -163,7 +163,25 @@ def quantize_fp8(x, scaling="tensor", *, axis=-1, block_size=128, square_blocks=
     scale = pow2_scale(_amax(x, scaling, axis, block_size, square_blocks), dtype)
     fmax = _fp8_max(dtype)
     y = x.astype(_F32) / expand_scale(scale, x.shape, block_size)
-    return jnp.clip(y, -fmax, fmax).astype(dtype), scale
+    return _to_fp8(jnp.clip(y, -fmax, fmax), jnp.dtype(dtype)), scale
+
+
+_FP8_BITS = {jnp.dtype(FP8_E4M3): (3, -6), jnp.dtype(FP8_E5M2): (2, -14)}  # mantissa, min exp
+
+
+def _to_fp8(y, dtype):
+    """f32 in the fp8 range -> fp8, rounded once to nearest even.
+
+    The rounding is done in f32 arithmetic (a power-of-two quantum per value, `jnp.round`,
+    which rounds half to even) and the cast then only changes the storage of an exactly
+    representable value. A plain cast is not enough on every release: XLA:CPU in jaxlib 0.7
+    converts f32 -> fp8 through bf16 when the convert is not fused (7.2504 -> 7.25 -> 7.0
+    instead of 7.5), so eager and jitted callers got different fp8 values.
+    """
+    mant, min_exp = _FP8_BITS[jnp.dtype(dtype)]
+    _, e = jnp.frexp(y)                                     # |y| = m * 2**e, m in [0.5, 1)
+    quantum = jnp.ldexp(jnp.ones_like(y), jnp.maximum(e - 1, min_exp) - mant)
+    return (jnp.round(y / quantum) * quantum).astype(dtype)
 
 
 def dequantize_fp8(q, scale, *, block_size=128, dtype=_F32):
