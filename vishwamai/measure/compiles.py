@@ -19,16 +19,21 @@ class count_compiles:  # noqa: N801 (used like a function: `with count_compiles(
 
     def __init__(self):
         self.counter = {"count": 0, "seconds": 0.0}
+        self.active = False
 
     def _listener(self, event, duration, **_):
-        if event == COMPILE_EVENT:
+        if self.active and event == COMPILE_EVENT:
             self.counter["count"] += 1
             self.counter["seconds"] += duration
 
     def __enter__(self) -> dict:
+        self.active = True
         jax.monitoring.register_event_duration_secs_listener(self._listener)
         return self.counter
 
     def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listener)
+        self.active = False  # older jax (Colab's 0.7) has no public unregister: go quiet
+        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+        if unregister is not None:
+            unregister(self._listener)
         return False
