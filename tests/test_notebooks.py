@@ -28,6 +28,8 @@ CI_PARAMETERS = {
     "04_memory.ipynb": {},
     "05_performance.ipynb": {"preset": "tiny", "sweep_batches": [1, 4], "seq_len": 64,
                              "sweep_seq_len": 64, "repeats": 2, "headline_repeats": 1},
+    "06_serving.ipynb": {"preset": "tiny", "batches": [1], "prompt_len": 16, "contexts": [16],
+                         "new_tokens": 8, "repeats": 2, "full_calculator": False},
     "appendix_errata.ipynb": {},
 }
 

@@ -20,7 +20,10 @@ axes stays replicated (`param_specs` reports which). On one device every rule is
 from __future__ import annotations
 
 import functools
+import json
 import os
+import subprocess
+import sys
 from math import prod
 from typing import Any, Sequence
 
@@ -377,3 +380,43 @@ def layout_memory(cfg, *, layouts: Sequence[str] = LAYOUTS, n_devices: int = 8,
         rows.append({"layout": layout, "model": model.config.name, "batch_size": batch_size,
                      "seq_len": seq_len, **row})
     return rows
+
+
+def layout_memory_subprocess(cfg, *, layouts: Sequence[str] = LAYOUTS, n_devices: int = 8,
+                             batch_size: int = 8, seq_len: int = 128, timeout: float = 600,
+                             **step_kw) -> list[dict]:
+    """`layout_memory` in a fresh Python process with `n_devices` simulated CPU devices.
+
+    A JAX process fixes its device count at its first use, so a chapter running where JAX
+    already has fewer devices (a one-chip runtime) compiles the multi-device program in a
+    child process. `cfg` is a preset name or a `ModelConfig`; the rows come back as JSON.
+    """
+    from vishwamai.config import ModelConfig
+    cfg_json = json.dumps(cfg.to_dict() if isinstance(cfg, ModelConfig) else cfg)
+    args = {"cfg": cfg_json, "layouts": list(layouts), "n_devices": n_devices,
+            "batch_size": batch_size, "seq_len": seq_len, "step_kw": step_kw}
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={n_devices}").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, "-m", "vishwamai.sharding", json.dumps(args)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"layout_memory subprocess failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _main(argv):
+    args = json.loads(argv[0])
+    cfg = json.loads(args["cfg"])
+    if isinstance(cfg, dict):
+        from vishwamai.config import ModelConfig
+        cfg = ModelConfig.from_dict(cfg)
+    rows = layout_memory(cfg, layouts=args["layouts"], n_devices=args["n_devices"],
+                         batch_size=args["batch_size"], seq_len=args["seq_len"],
+                         **args["step_kw"])
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
