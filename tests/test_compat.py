@@ -51,3 +51,11 @@ def test_einsum_f32_equals_the_f32_product_of_bf16_values():
     want = np.asarray(a, np.float32) @ np.asarray(b, np.float32)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-5)
+
+
+def test_compiler_option_probe():
+    assert not compat.compiler_option_supported("xla_no_such_option_anywhere", "1")
+    # The memory-optimised CPU scheduler chapter 4 asks for: present in the pinned jaxlib.
+    if compat.cpu_runs_low_precision_dots():          # i.e. the pinned release, not Colab's
+        assert compat.compiler_option_supported("xla_cpu_scheduler_type",
+                                                "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")

@@ -5,6 +5,7 @@ difference is handled where it arises, in `kernels.fp8._to_fp8`.)
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -65,6 +66,21 @@ def upcast_for_cpu(*operands):
 def einsum_f32(subscripts: str, *operands):
     """`jnp.einsum` accumulating in f32 (`preferred_element_type=float32`), on every release."""
     return jnp.einsum(subscripts, *upcast_for_cpu(*operands), preferred_element_type=jnp.float32)
+
+
+@functools.cache
+def compiler_option_supported(name: str, value: str) -> bool:
+    """Whether this jaxlib's compiler accepts the per-compilation option `name=value`
+    (`jit(...).lower(...).compile({name: value})`). Options come and go between releases
+    (XLA:CPU's `xla_cpu_scheduler_type` is not in jaxlib 0.7); probed once on a scalar add."""
+    lowered = jax.jit(lambda x: x + 1).lower(jax.ShapeDtypeStruct((), jnp.float32))
+    try:
+        lowered.compile({name: value})
+    except Exception as e:  # noqa: BLE001 - XLA reports an unknown option as a runtime error
+        if "compile option" in str(e) or "option" in str(e).lower():
+            return False
+        raise
+    return True
 
 
 _JAXLIB = tuple(int(p) for p in re.findall(r"\d+", getattr(jax.lib, "__version__", jax.__version__))[:2])
