@@ -6,6 +6,7 @@
     python -m vishwamai.bench attention ...          # vishwamai.benchmarks.attention
     python -m vishwamai.bench gemm ...               # vishwamai.benchmarks.gemm
     python -m vishwamai.bench report --out book/results/h100.json
+    python -m vishwamai.bench compile --presets tiny base   # vishwamai.benchmarks.compilation
 
 Every subcommand warms up, reports compile time apart, takes the median and spread of repeats,
 records an out-of-memory point as a row, prints a table and (with `--out`) writes JSON with the
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="which parts of the suite to run (default: all)")
     p.add_argument("--no-progress", action="store_true")
+    from vishwamai.benchmarks import compilation
+    p = sub.add_parser("compile", help="compile seconds of a train step, scanned vs unrolled "
+                       "blocks, on CPU or a TPU topology (vishwamai.benchmarks.compilation)")
+    compilation.add_arguments(p)
+    p.set_defaults(_module=compilation)
     for name, module in EXTERNAL.items():
         p = sub.add_parser(name, help=f"{name} benchmark ({module})")
         try:
