@@ -257,3 +257,15 @@ def test_sharded_scanned_train_step_equals_single_device_unrolled():
     assert r["param_err"] <= 1e-5, r["param_err"]
     # [L, D, 2, F]: the layer axis stays whole, 'embed' is split 8 ways by FSDP.
     assert r["wi"] == [[2, 64, 2, 128], [2, 8, 2, 128]]
+
+
+def test_compile_seconds_reports_one_compile_and_rejects_bad_input():
+    from vishwamai.benchmarks import compilation
+
+    r = compilation.compile_seconds("tiny", scan=True, num_layers=1, seq_len=16)
+    assert r["status"] == "ok" and r["compile_s"] > 0 and r["compile_cpu_s"] > 0
+    assert (r["num_layers"], r["scan_layers"], r["devices"], r["batch_size"]) == (1, True, 1, 1)
+    with pytest.raises(ValueError, match="scan must be a bool"):
+        compilation.compile_seconds("tiny", scan=1)
+    with pytest.raises(ValueError, match="backend"):
+        compilation.target_devices("")
