@@ -1,4 +1,4 @@
-"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,report}`
+"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,compile,report}`
 
     python -m vishwamai.bench forward --preset small --batch 1 8 --seq 256 --out fwd.json
     python -m vishwamai.bench train --preset small --batch 8 --seq 256 --remat none full
@@ -17,14 +17,21 @@ benchmarks) into one file, inside a time budget.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from typing import Sequence
 
-from vishwamai.config import DTYPES, PRESETS, REMAT_POLICIES
+import pandas as pd
 
-EXTERNAL = {"attention": "vishwamai.benchmarks.attention", "gemm": "vishwamai.benchmarks.gemm"}
+from vishwamai.benchmarks import attention as attention_bench
+from vishwamai.benchmarks import compilation
+from vishwamai.benchmarks import gemm as gemm_bench
+from vishwamai.benchmarks import model as mb
+from vishwamai.benchmarks.harness import device_peak, results_frame, save_results
+from vishwamai.config import DTYPES, PRESETS, REMAT_POLICIES
+from vishwamai.measure import env_info
+
+EXTERNAL = {"attention": attention_bench, "gemm": gemm_bench}
 SECTIONS = ("forward", "train", *EXTERNAL)
 
 
@@ -102,28 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="which parts of the suite to run (default: all)")
     p.add_argument("--no-progress", action="store_true")
-    from vishwamai.benchmarks import compilation
     p = sub.add_parser("compile", help="compile seconds of a train step, scanned vs unrolled "
                        "blocks, on CPU or a TPU topology (vishwamai.benchmarks.compilation)")
     compilation.add_arguments(p)
     p.set_defaults(_module=compilation)
-    for name, module in EXTERNAL.items():
-        p = sub.add_parser(name, help=f"{name} benchmark ({module})")
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            p.set_defaults(_missing=f"{module} is not available: {e}")
-            continue
+    for name, mod in EXTERNAL.items():
+        p = sub.add_parser(name, help=f"{name} benchmark ({mod.__name__})")
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser
 
 
 def _print_table(rows, columns) -> None:
-    from vishwamai.benchmarks.harness import results_frame
     df = results_frame(rows)
     cols = [c for c in columns if c in df.columns]
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 30):
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df[cols].to_string(index=False))
 
 
@@ -132,8 +132,6 @@ _COLUMNS = ("kind", "model", "dtype", "remat", "batch_size", "seq_len", "status"
 
 
 def _run_model(args, kind: str) -> dict:
-    from vishwamai.benchmarks import model as mb
-    from vishwamai.benchmarks.harness import env_info, save_results
     kw = dict(dtype=args.dtype, attention_impl=args.attention_impl, repeats=args.repeats,
               warmup=args.warmup)
     rows = []
@@ -154,9 +152,7 @@ def _run_model(args, kind: str) -> dict:
 
 
 def _run_baseline(args) -> dict:
-    from vishwamai.benchmarks.harness import env_info, save_results
-    from vishwamai.benchmarks.model import versus_baseline
-    rows = versus_baseline(args.preset, args.batch, args.seq, dtype=args.dtype,
+    rows = mb.versus_baseline(args.preset, args.batch, args.seq, dtype=args.dtype,
                            repeats=args.repeats, progress=not args.no_progress)
     payload = {"kind": "baseline", "rows": rows, "env": env_info()}
     _print_table(rows, ("kind", "model", "batch_size", "seq_len", "median_s",
@@ -170,8 +166,6 @@ def _run_baseline(args) -> dict:
 def run_report(args) -> dict:
     """The accelerator suite: seed presets in bf16, forward and training sweeps, attention and
     GEMM benchmarks, each section skipped (and said so) once `budget_s` has been used."""
-    from vishwamai.benchmarks import model as mb
-    from vishwamai.benchmarks.harness import device_peak, env_info, save_results
     t_start = time.perf_counter()
     payload = {"kind": "report", "env": env_info(), "sections": {}, "skipped": []}
     peak = device_peak(args.dtype)
@@ -204,16 +198,11 @@ def run_report(args) -> dict:
                         peak=peak, repeats=3 if kind == "train" else 5, **kw)
         payload["sections"][name] = rows
         save_results(args.out, payload)          # keep what is done if a later part dies
-    for name, module in EXTERNAL.items():
+    for name, mod in EXTERNAL.items():
         if name not in args.sections:
             continue
         if not budget_left():
             payload["skipped"].append(name)
-            continue
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            payload["skipped"].append(f"{name} ({e})")
             continue
         sub = argparse.ArgumentParser()
         mod.add_arguments(sub)
@@ -239,8 +228,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return _run_baseline(args)
     if args.command == "report":
         return run_report(args)
-    if getattr(args, "_missing", None):
-        parser.error(args._missing)
     return args._module.main(args)
 
 
