@@ -1,4 +1,4 @@
-"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,report}`
+"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,compile,report}`
 
     python -m vishwamai.bench forward --preset small --batch 1 8 --seq 256 --out fwd.json
     python -m vishwamai.bench train --preset small --batch 8 --seq 256 --remat none full
@@ -6,6 +6,7 @@
     python -m vishwamai.bench attention ...          # vishwamai.benchmarks.attention
     python -m vishwamai.bench gemm ...               # vishwamai.benchmarks.gemm
     python -m vishwamai.bench report --out book/results/h100.json
+    python -m vishwamai.bench compile --presets tiny base   # vishwamai.benchmarks.compilation
 
 Every subcommand warms up, reports compile time apart, takes the median and spread of repeats,
 records an out-of-memory point as a row, prints a table and (with `--out`) writes JSON with the
@@ -23,6 +24,7 @@ from typing import Sequence
 import pandas as pd
 
 from vishwamai.benchmarks import attention as attention_bench
+from vishwamai.benchmarks import compilation
 from vishwamai.benchmarks import gemm as gemm_bench
 from vishwamai.benchmarks import model as mb
 from vishwamai.benchmarks.harness import device_peak, results_frame, save_results
@@ -107,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="which parts of the suite to run (default: all)")
     p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("compile", help="compile seconds of a train step, scanned vs unrolled "
+                       "blocks, on CPU or a TPU topology (vishwamai.benchmarks.compilation)")
+    compilation.add_arguments(p)
+    p.set_defaults(_module=compilation)
     for name, mod in EXTERNAL.items():
         p = sub.add_parser(name, help=f"{name} benchmark ({mod.__name__})")
         mod.add_arguments(p)

@@ -38,6 +38,23 @@ class ModelConfig:
     Shape letters (see the book's notation page): V vocab_size, L num_layers, D hidden_dim,
     N num_heads, K num_kv_heads, H head_dim, F mlp_dim. N*H may differ from D: the attention
     projections map D -> N*H and back.
+
+    `scan_layers` runs the L blocks as one `nn.scan` over weights (and KV cache) stacked on a
+    leading 'layers' axis: the compiler sees one block, so compile time stays flat in L.
+    Both layouts compute the same function from the same numbers; the parameter tree is
+    `layers/...` with [L, ...] leaves instead of `layer_0/...` (`vishwamai.transformer.
+    stack_layers` / `unstack_layers` convert, `VishwamAI.restore` reads either).
+    It is off in every preset. Measured on this project's 2-core CPU host (chapter 5,
+    `book/results/compile_time.json`): scanning cuts the CPU seconds of compiling a train
+    step of `llama2_7b` (L=32) 3.7x and `base` (L=12) 1.7x; ahead of time for a TPU v5e 4x4
+    slice `base` 2.8x, and the unrolled `llama2_7b` FSDP step does not fit at all (29 GB of
+    temporaries per 16 GB chip; scanned: 13 GB). Below ~8 layers scanning compiles slower
+    (tiny, L=2: 1.4x), a tiny step also runs ~1.4x slower scanned (small, base: within
+    noise), XLA's `cost_analysis()` counts the loop body once (one layer's FLOPs), and the
+    chapters, tests and checkpoint conversion read `layer_i` trees. So the presets keep the
+    unrolled tree and a caller turns scanning on where compile time or memory dominates, as
+    ahead-of-time TPU compilation of the deep presets does:
+    `get_preset("llama2_7b").replace(scan_layers=True)`.
     """
 
     vocab_size: int
@@ -71,12 +88,7 @@ class ModelConfig:
     remat: str = "none"
     use_fp8: bool = False  # projections and MLP through fp8_gemm_optimized
     fp8_scaling: str = "tensor"
-    # Run the L blocks as one `nn.scan` over weights stacked on a leading 'layers' axis: the
-    # compiler sees one block, so compile time stays flat in L. The parameter tree changes
-    # (`layers/...` with [L, ...] leaves instead of `layer_0/...`); `stack_layers` /
-    # `unstack_layers` in `vishwamai.transformer` convert between the two, and both layouts
-    # compute the same function from the same numbers. Default choice: see PRESETS.
-    scan_layers: bool = False
+    scan_layers: bool = False  # the L blocks as one nn.scan; see the class docstring
     name: str = "custom"
 
     def __post_init__(self):

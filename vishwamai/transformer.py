@@ -76,9 +76,9 @@ def _blocks(cfg: ModelConfig, decode: bool):
     """The block class as called `L` times: remat-wrapped for training when asked."""
     if cfg.remat == "none" or decode:
         return Block
-    # self is argument 0: deterministic and decode (3, 4) are Python bools. Under scan the
-    # loop body is traced once, so CSE cannot merge recomputation across layers: no need for
-    # the optimisation barriers `prevent_cse` adds.
+    # self is argument 0: deterministic and decode (3, 4) are Python bools. Inside a scan the
+    # loop boundary already keeps XLA from merging the recomputation back into the forward
+    # pass, so the optimisation barriers of `prevent_cse` would only cost (as Flax advises).
     return nn.remat(Block, policy=remat_policy(cfg.remat), static_argnums=(3, 4),
                     prevent_cse=not cfg.scan_layers)
 

@@ -33,8 +33,13 @@ def tree_params(cfg: ModelConfig | str) -> int:
 
 
 def forward_flops(cfg: ModelConfig | str, *, batch: int, seq_len: int) -> float:
-    """The compiler's FLOPs for the logits of `batch` x `seq_len` tokens."""
-    m = _model(cfg)
+    """The compiler's FLOPs for the logits of `batch` x `seq_len` tokens.
+
+    Always compiled with unrolled blocks: XLA's `cost_analysis()` counts a while loop's body
+    once, so a scanned model (`scan_layers`) would report one layer's FLOPs for all L. The
+    layout changes no arithmetic, so the unrolled count is the scanned model's too.
+    """
+    m = _model(as_config(cfg).replace(scan_layers=False))
     compiled = jax.jit(m.logits).lower(m.abstract_params(), _tokens(batch, seq_len)).compile()
     return compiled_flops(compiled)
 
@@ -46,7 +51,9 @@ def _grad_fn(m):
 def train_step(cfg: ModelConfig | str, *, batch: int, seq_len: int, compiler_options=None):
     """Compiled gradient of the loss over `batch` sequences of `seq_len` predicted tokens.
 
-    Returns the compiled object; read it with `compiled_flops` / `compiled_memory`.
+    Returns the compiled object; read it with `compiled_flops` / `compiled_memory`. The
+    config's layer layout is kept (its memory is that layout's); for a scanned model
+    `compiled_flops` counts the loop body once (see `forward_flops`).
     """
     m = _model(cfg)
     lowered = _grad_fn(m).lower(m.abstract_params(), _tokens(batch, seq_len + 1))
