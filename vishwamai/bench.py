@@ -1,10 +1,12 @@
-"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,report}`
+"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,aot,report}`
 
     python -m vishwamai.bench forward --preset small --batch 1 8 --seq 256 --out fwd.json
     python -m vishwamai.bench train --preset small --batch 8 --seq 256 --remat none full
     python -m vishwamai.bench baseline --preset small   # against plain Flax, timed alternately
     python -m vishwamai.bench attention ...          # vishwamai.benchmarks.attention
     python -m vishwamai.bench gemm ...               # vishwamai.benchmarks.gemm
+    python -m vishwamai.bench aot --preset tiny --topology v5e:2x2 --layout fsdp --mode train \
+        --batch 8 --seq 128 --out x.json           # XLA:TPU's own numbers, compiled on this host
     python -m vishwamai.bench report --out book/results/h100.json
 
 Every subcommand warms up, reports compile time apart, takes the median and spread of repeats,
@@ -91,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive, default=3, help="timed repeats of each")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = sub.add_parser("aot", help="compile for a TPU topology with XLA:TPU (needs libtpu; "
+                       "nothing runs): per-chip memory, FLOPs, collectives, OOM verdicts, beside "
+                       "the planner's bytes (vishwamai.benchmarks.tpu_grid)")
+    try:
+        from vishwamai.benchmarks import tpu_grid
+    except ImportError as e:
+        p.set_defaults(_missing=f"vishwamai.benchmarks.tpu_grid is not available: {e}")
+    else:
+        tpu_grid.add_arguments(p)
+        p.set_defaults(_module=tpu_grid)
     p = sub.add_parser("report", help="the accelerator suite for the book, into one JSON file")
     p.add_argument("--out", required=True, help="JSON file (e.g. book/results/h100.json)")
     p.add_argument("--presets", type=_preset, nargs="+", default=["base", "large"])
@@ -235,6 +247,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return run_report(args)
     if getattr(args, "_missing", None):
         parser.error(args._missing)
+    if args.command == "aot":
+        from vishwamai.aot import LibtpuMissingError
+        try:
+            return args._module.main(args)
+        except (LibtpuMissingError, ValueError) as e:   # a clear message, not a traceback
+            parser.exit(2, f"{parser.prog} aot: error: {e}\n")
     return args._module.main(args)
 
 

@@ -225,3 +225,108 @@ def min_chips(cfg: ModelConfig | str, hardware: str | Chip, *, batch_per_chip: i
             return chips
         chips *= 2
     return None
+
+
+MODES_PER_CHIP = ("train", "forward", "decode")
+
+
+def _split_ways(c: ModelConfig, layout: str, chips: int) -> dict:
+    """How many ways each weight family is split under a named layout (a dimension that does
+    not divide by the chips stays whole, as `vishwamai.sharding.fit_spec` leaves it)."""
+    def ways(dim):
+        return chips if dim % chips == 0 else 1
+
+    one = dict.fromkeys(("embed", "heads", "kv_heads", "mlp", "vocab"), 1)
+    if layout == "fsdp":
+        return {**one, "embed": ways(c.hidden_dim)}
+    if layout == "tensor":
+        return {**one, "heads": ways(c.num_heads), "kv_heads": ways(c.num_kv_heads),
+                "mlp": ways(c.mlp_dim), "vocab": ways(c.vocab_size)}
+    return one
+
+
+def sharded_param_count(cfg: ModelConfig | str, layout: str, chips: int) -> float:
+    """Parameters one chip holds under a named layout: 'data' replicates, 'fsdp' splits every
+    matrix along D (embed), 'tensor' splits heads, MLP columns and the vocabulary; norms stay
+    whole."""
+    c = _cfg(cfg)
+    p = count_params(c)
+    w = _split_ways(c, layout, chips)
+    if layout == "fsdp":
+        return (p["total"] - p["norms"]) / w["embed"] + p["norms"]
+    if layout == "tensor":
+        return (p["embedding"] / w["vocab"] + p["head"] / w["vocab"] + p["positions"]
+                + (p["attention_q"] + p["attention_o"]) / w["heads"]
+                + (p["attention_k"] + p["attention_v"]) / w["kv_heads"]
+                + p["mlp"] / w["mlp"] + p["norms"])
+    return float(p["total"])
+
+
+def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: int,
+                    seq_len: int, mode: str = "train", cache_len: int | None = None,
+                    remat: str | None = None, attention: str | None = None,
+                    optimizer: str = "adamw", loss: str = "chunked") -> dict:
+    """Bytes one chip holds at the peak of a sharded program: the analytic side of an
+    ahead-of-time TPU compilation (`vishwamai.aot`), term by term.
+
+    Args:
+      cfg: the model (`param_dtype` for weights, gradients; `dtype` for activations, cache).
+      layout: 'data' (all replicated, batch split), 'fsdp' (every matrix split along D, batch
+        split; each layer's weights gathered whole before use), 'tensor' (heads, MLP columns and
+        vocabulary split; batch whole; the residual stream replicated).
+      chips: devices in the mesh.
+      batch, seq_len: global B and T.
+      mode: 'train' (AdamW step: weights, gradients, moments and f32 master split like the
+        weights, saved activations and backward workspace of the chip's batch rows, as
+        `plan`), 'forward' (weights, one block's working set and the `[B, T, V]` logits output
+        in the compute dtype), 'decode' (weights, the KV cache of `cache_len` positions (default
+        T), one block's working set for one new token and its `[B, 1, V]` logits).
+      cache_len, remat, attention, optimizer, loss: see `vishwamai.analysis.memory`.
+
+    Returns:
+      dict of bytes per chip: params, grads, optimizer, activations, workspace, gather (FSDP's
+      gathered layer weights), kv_cache, logits, total.
+    """
+    if layout not in SHARDINGS:
+        raise ValueError(f"layout={layout!r} is not one of {SHARDINGS}")
+    if mode not in MODES_PER_CHIP:
+        raise ValueError(f"mode={mode!r} is not one of {MODES_PER_CHIP}")
+    if not (isinstance(chips, int) and chips >= 1):
+        raise ValueError(f"chips must be an int >= 1; got {chips!r}")
+    c = _cfg(cfg)
+    pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
+    n = count_params(c)["total"]
+    n_chip = sharded_param_count(c, layout, chips)
+    share = n_chip / n
+    w = _split_ways(c, layout, chips)
+    b_chip = batch if layout == "tensor" else _per_chip_batch(batch, chips)
+    width = chips if layout == "tensor" else 1
+    out = dict.fromkeys(("params", "grads", "optimizer", "activations", "workspace", "gather",
+                         "kv_cache", "logits"), 0.0)
+    out["params"] = n_chip * pb
+    if layout == "fsdp" and w["embed"] > 1:
+        out["gather"] = 2 * count_params(c)["per_layer"] * cb
+    if mode == "train":
+        out["grads"] = n_chip * pb
+        out["optimizer"] = optimizer_bytes(c, optimizer)["total"] * share
+        act = activation_bytes(c, batch=b_chip, seq_len=seq_len, remat=remat,
+                               attention=attention, loss=loss)
+        per = act["per_layer"]
+        whole = per["residual"] + per["tokens"]
+        out["activations"] = (c.num_layers * (whole + (per["total"] - whole) / width)
+                              + act["outside"])
+        out["workspace"] = act["workspace"] / width
+    else:
+        T = seq_len if mode == "forward" else 1
+        S = seq_len if mode == "forward" else (cache_len or seq_len)
+        layer = forward_working_set(c, batch=b_chip, seq_len=T, kv_len=S,
+                                    attention=attention or "flash")
+        if layout == "tensor":
+            stream = 3 * b_chip * T * c.hidden_dim * cb
+            layer = stream + (layer - stream) / width
+        out["workspace"] = layer
+        out["logits"] = b_chip * T * c.vocab_size * cb / w["vocab"]
+        if mode == "decode":
+            out["kv_cache"] = kv_cache_bytes(c, b_chip, S) / w["kv_heads"]
+    out["total"] = sum(out.values())
+    return out

@@ -1,0 +1,258 @@
+"""The TPU compiler against the planner: a grid of ahead-of-time compilations for TPU slices.
+
+    python -m vishwamai.bench aot --preset tiny --topology v5e:2x2 --layout fsdp --mode train \\
+        --batch 8 --seq 128 --out x.json
+    python -m vishwamai.benchmarks.tpu_grid --out book/results/tpu_compile.json   # the grid
+
+Each row is one `vishwamai.aot.compile_for_topology` (XLA:TPU's memory, FLOPs, collectives and
+out-of-memory verdict per chip) with the package's analytic per-chip bytes for the same point
+beside it (`analysis.roofline.memory_per_chip`) and the two verdicts (fits / does not fit).
+`agreement` summarises how often they agree. Files carry their provenance: libtpu and JAX
+versions, date, command, total compile time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+from vishwamai import aot
+from vishwamai.config import PRESETS
+
+#: Chapter 4's sizes: a training step holds one sequence of 2048 tokens per chip (the
+#: "what fits where" table; the preset's max_seq_len if shorter), bf16 weights and compute,
+#: AdamW, full remat, flash-type attention (the splash kernel on TPU), the chunked loss.
+TRAIN_SEQ = 2048
+SERVE_SEQ = 2048
+DTYPE = "bfloat16"
+FOUR = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+SIXTEEN = {"v4": "v4:2x2x4", "v5e": "v5e:4x4", "v5p": "v5p:2x2x4", "v6e": "v6e:4x4"}
+SIXTY_FOUR = {"v4": "v4:4x4x4", "v5e": "v5e:8x8", "v5p": "v5p:4x4x4", "v6e": "v6e:8x8"}
+TWO_FIFTY_SIX = {"v4": "v4:4x8x8", "v5e": "v5e:16x16", "v5p": "v5p:4x8x8", "v6e": "v6e:16x16"}
+GRID_PRESETS = ("base", "large", "xl", "xxl", "gpt2", "llama2_7b", "llama3_8b", "tinyllama_1_1b")
+
+#: Rows whose analytic and compiled verdicts or bytes disagree, with the reason found in the
+#: compiled program (filled in from the grid; see Chapter 4).
+REASONS: dict = {}
+
+
+def _seq(preset: str, T: int) -> int:
+    return min(T, PRESETS[preset].max_seq_len)
+
+
+def grid_points() -> list[dict]:
+    """The grid: every preset x generation x train/serve at chapter 4's sizes, 4 to 256 chips."""
+    pts = []
+
+    def add(preset, topology, layout, mode, batch, seq, **kw):
+        pts.append(dict(config=preset, topology=topology, layout=layout, mode=mode,
+                        batch_size=batch, seq_len=_seq(preset, seq), dtype=DTYPE,
+                        param_dtype=DTYPE, **kw))
+
+    for gen in aot.GENERATIONS:
+        four, sixteen = FOUR[gen], SIXTEEN[gen]
+        # training, FSDP, one sequence per chip
+        for preset in ("base", "xl", "tinyllama_1_1b", "llama2_7b", "llama3_8b"):
+            add(preset, four, "fsdp", "train", 4, TRAIN_SEQ, remat="full")
+        for preset in ("xxl", "llama2_7b"):
+            add(preset, sixteen, "fsdp", "train", 16, TRAIN_SEQ, remat="full")
+        add("llama3_8b", SIXTY_FOUR[gen], "fsdp", "train", 64, TRAIN_SEQ, remat="full")
+        add("llama2_7b", TWO_FIFTY_SIX[gen], "fsdp", "train", 256, TRAIN_SEQ, remat="full")
+        # serving: a replica per slice (tensor parallel), one decode step at full context
+        add("llama3_8b", four, "tensor", "decode", 4, PRESETS["llama3_8b"].max_seq_len)
+        add("gpt2", four, "data", "forward", 8, SERVE_SEQ)
+    # data parallel: replicated state (the known case: llama2_7b at 8 x 2048 on 4 v5e chips)
+    add("llama2_7b", "v5e:2x2", "data", "train", 8, 2048, remat="full")
+    add("large", "v5e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("gpt2", "v6e:2x2", "data", "train", 8, 1024, remat="full")
+    add("tinyllama_1_1b", "v5p:2x2x1", "data", "train", 8, TRAIN_SEQ, remat="full")
+    add("large", "v4:2x2x1", "tensor", "forward", 4, SERVE_SEQ)
+    add("llama2_7b", "v5e:2x2", "tensor", "decode", 8, 4096)
+    add("xxl", "v5e:2x2", "tensor", "forward", 4, SERVE_SEQ)
+    add("tinyllama_1_1b", "v6e:2x2", "data", "decode", 16, 2048)
+    return pts
+
+
+def with_analytic(row: dict, config=None) -> dict:
+    """`row` plus the planner's bytes and verdict for the same point, and whether they agree."""
+    a = aot.analytic_point(row, config=config)
+    row = {**row, **a}
+    compiled_fits = row["status"] == "ok"
+    row["verdicts_agree"] = bool(row["analytic_fits"] == compiled_fits)
+    if compiled_fits:
+        row["analytic_over_compiler"] = a["analytic_peak_bytes_per_chip"] / row["peak_bytes_per_chip"]
+    return row
+
+
+def agreement(rows: list[dict]) -> dict:
+    """Share of rows where the verdicts agree, and of rows that compiled where the analytic
+    peak is within 15% of the compiler's."""
+    n = len(rows)
+    agree = sum(r["verdicts_agree"] for r in rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    close = [r for r in ok if abs(r["analytic_over_compiler"] - 1) <= 0.15]
+    return {"rows": n, "verdicts_agree": agree, "verdict_agreement": agree / n if n else math.nan,
+            "compiled_ok": len(ok), "within_15pct": len(close),
+            "within_15pct_share": len(close) / len(ok) if ok else math.nan}
+
+
+def provenance(command: str) -> dict:
+    import jax
+    return {"libtpu": aot.libtpu_version(), "jax": jax.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "host": platform.machine(), "host_cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "compiled by XLA:TPU for abstract TPU devices on a CPU host; nothing ran"}
+
+
+def _write(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def run(points: list[dict], *, out: str | None = None, command: str = "",
+        progress: bool = True) -> dict:
+    """Compiles every point, adds the analytic side, writes `out` after each row."""
+    payload = {"benchmark": "tpu_compile", "provenance": provenance(command), "rows": []}
+    t0 = time.perf_counter()
+    for i, pt in enumerate(points):
+        row = aot.compile_for_topology(**pt)
+        row = with_analytic(row)
+        payload["rows"].append(row)
+        payload["total_compile_s"] = sum(r["compile_s"] for r in payload["rows"])
+        payload["elapsed_s"] = time.perf_counter() - t0
+        payload["agreement"] = agreement(payload["rows"])
+        if out:
+            _write(out, payload)
+        if progress:
+            print(f"[{i + 1}/{len(points)}] {_line(row)}", file=sys.stderr, flush=True)
+    return payload
+
+
+COLUMNS = ("preset", "topology", "chips", "layout", "mode", "batch_size", "seq_len", "status",
+           "peak_GB", "analytic_GB", "ratio", "hbm_GB", "needed_GB", "TFLOP", "collectives",
+           "compile_s")
+
+
+def _cells(r: dict) -> dict:
+    g = 1e9
+    coll = ",".join(f"{k}:{v['count']}" for k, v in (r.get("collectives") or {}).items())
+    return {"preset": r["preset"], "topology": r["topology"], "chips": r["chips"],
+            "layout": r["layout"], "mode": r["mode"], "batch_size": r["batch_size"],
+            "seq_len": r["seq_len"], "status": r["status"],
+            "peak_GB": f"{r['peak_bytes_per_chip'] / g:.2f}" if r["status"] == "ok" else "",
+            "analytic_GB": (f"{r['analytic_peak_bytes_per_chip'] / g:.2f}"
+                            if "analytic_peak_bytes_per_chip" in r else ""),
+            "ratio": f"{r['analytic_over_compiler']:.2f}" if "analytic_over_compiler" in r else "",
+            "hbm_GB": f"{r['compiler_hbm_bytes_per_chip'] / g:.2f}",
+            "needed_GB": f"{r['needed_bytes'] / g:.2f}" if r["status"] == "oom" else "",
+            "TFLOP": f"{r['flops_per_chip'] / 1e12:.3f}" if r["status"] == "ok" else "",
+            "collectives": coll, "compile_s": f"{r['compile_s']:.1f}"}
+
+
+def _line(r: dict) -> str:
+    c = _cells(r)
+    return " ".join(f"{k}={c[k]}" for k in COLUMNS if c[k] != "")
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [_cells(r) for r in rows]
+    widths = {k: max(len(k), *(len(str(c[k])) for c in cells)) for k in COLUMNS}
+    lines = ["  ".join(k.rjust(widths[k]) for k in COLUMNS)]
+    lines += ["  ".join(str(c[k]).rjust(widths[k]) for k in COLUMNS) for c in cells]
+    return "\n".join(lines)
+
+
+# ============================================================================================
+# command line (`python -m vishwamai.bench aot ...` and this module's grid)
+# ============================================================================================
+
+def _csv(choices, what):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(
+                f"{what} {bad or text!r} not accepted; choose from {list(choices)} "
+                "(several comma-separated)")
+        return items
+    return parse
+
+
+def _topology(text: str) -> str:
+    try:
+        return aot.parse_topology(text)["name"]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset")
+    p.add_argument("--topology", type=_topology, default="v5e:2x2",
+                   help=f"TPU slice: {aot.TOPOLOGY_FORM}")
+    p.add_argument("--layout", type=_csv(aot.LAYOUTS, "layout"), default=["fsdp"],
+                   help="data, fsdp, tensor (comma-separated for several)")
+    p.add_argument("--mode", type=_csv(aot.MODES, "mode"), default=["train"],
+                   help="train, forward, decode (comma-separated for several)")
+    p.add_argument("--batch", type=_positive, default=8, help="global batch size B")
+    p.add_argument("--seq", type=_positive, default=128, help="sequence length T")
+    p.add_argument("--cache-len", type=_positive, default=None,
+                   help="KV cache positions for decode (default: --seq)")
+    p.add_argument("--attention-impl", default=None, help="attention kernel override")
+    p.add_argument("--remat", default=None, help="remat policy override")
+    p.add_argument("--dtype", default=None, help="compute and parameter dtype override")
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    """`bench aot`: one row per layout x mode, printed as a table, written with provenance."""
+    points = [dict(config=args.preset, topology=args.topology, layout=layout, mode=mode,
+                   batch_size=args.batch, seq_len=args.seq, cache_len=args.cache_len,
+                   attention_impl=args.attention_impl, remat=args.remat, dtype=args.dtype,
+                   param_dtype=args.dtype)
+              for layout in args.layout for mode in args.mode]
+    command = "python -m vishwamai.bench " + " ".join(sys.argv[1:])
+    payload = run(points, out=None, command=command, progress=False)
+    print(format_table(payload["rows"]))
+    if args.out:
+        _write(args.out, payload)
+        print(f"wrote {args.out}")
+    return payload
+
+
+def _grid_main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m vishwamai.benchmarks.tpu_grid",
+                                description="the TPU compile grid of Chapter 4")
+    p.add_argument("--out", default="book/results/tpu_compile.json")
+    p.add_argument("--limit", type=_positive, default=None, help="first N points only")
+    args = p.parse_args(argv)
+    pts = grid_points()[:args.limit]
+    command = "python -m vishwamai.benchmarks.tpu_grid " + " ".join(argv or sys.argv[1:])
+    payload = run(pts, out=args.out, command=command.strip())
+    print(format_table(payload["rows"]))
+    print(json.dumps(payload["agreement"]))
+    print(f"total compile time {payload['total_compile_s']:.0f} s; wrote {args.out}")
+    return payload
+
+
+if __name__ == "__main__":
+    _grid_main(sys.argv[1:])
