@@ -56,6 +56,12 @@ class ModelConfig:
     remat: str = "none"
     use_fp8: bool = False  # projections and MLP through fp8_gemm_optimized
     fp8_scaling: str = "tensor"
+    # Run the L blocks as one `nn.scan` over weights stacked on a leading 'layers' axis: the
+    # compiler sees one block, so compile time stays flat in L. The parameter tree changes
+    # (`layers/...` with [L, ...] leaves instead of `layer_0/...`); `stack_layers` /
+    # `unstack_layers` in `vishwamai.transformer` convert between the two, and both layouts
+    # compute the same function from the same numbers. Default choice: see PRESETS.
+    scan_layers: bool = False
     name: str = "custom"
 
     def __post_init__(self):
@@ -95,7 +101,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.norm_eps must be > 0; got {self.norm_eps!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"ModelConfig.rope_theta must be > 0; got {self.rope_theta!r}")
-        for f in ("tie_embeddings", "use_bias", "use_fp8"):
+        for f in ("tie_embeddings", "use_bias", "use_fp8", "scan_layers"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"ModelConfig.{f} must be a bool; got {getattr(self, f)!r}")
 

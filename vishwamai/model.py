@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from vishwamai.config import ModelConfig, get_preset
-from vishwamai.transformer import create_vishwamai_transformer
+from vishwamai.transformer import (SCAN_NAME, create_vishwamai_transformer, stack_layers,
+                                   unstack_layers)
 
 
 def _to_config(config) -> ModelConfig:
@@ -126,6 +127,16 @@ class VishwamAI:
         variables = jax.eval_shape(self.module.init, jax.random.PRNGKey(0), tokens)
         return nn.get_partition_spec(variables)["params"]
 
+    def convert_params(self, params):
+        """`params` in either layer layout -> this config's (`scan_layers`): stacked `layers`
+        or `layer_0` ... `layer_{L-1}`. Exact; a tree already in this layout is returned."""
+        scanned = SCAN_NAME in params
+        if scanned == self.config.scan_layers:
+            return params
+        if self.config.scan_layers:
+            return stack_layers(params, self.config.num_layers)
+        return unstack_layers(params)
+
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_params()))
 
@@ -240,13 +251,21 @@ class VishwamAI:
             ckptr.save(path, params)
 
     def restore(self, path: str | os.PathLike):
-        """Reads parameters saved by `save`, checked against this config's parameter shapes."""
+        """Reads parameters saved by `save`, checked against this config's parameter shapes.
+
+        A checkpoint written in the other layer layout (scanned vs unrolled, see
+        `ModelConfig.scan_layers`) is read in its own layout and converted (`convert_params`).
+        """
         import orbax.checkpoint as ocp
         path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(path):
             raise ValueError(f"no checkpoint directory at path={path!r}")
         with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(path, self.abstract_params())
+            saved_scanned = SCAN_NAME in ckptr.metadata(path).item_metadata
+            target = self
+            if saved_scanned != self.config.scan_layers:
+                target = VishwamAI(self.config.replace(scan_layers=saved_scanned))
+            return self.convert_params(ckptr.restore(path, target.abstract_params()))
 
     def __repr__(self):
         return f"VishwamAI({self.config.name!r}, params={self.num_params():,})"

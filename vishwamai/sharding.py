@@ -52,6 +52,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("norm", None),
     ("position", None),
+    # The stacked layer axis of a scanned model (`ModelConfig.scan_layers`): every device
+    # holds all L slices of its shard, so the scan reads its layer locally.
+    ("layers", None),
 )
 
 

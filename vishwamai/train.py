@@ -213,8 +213,15 @@ def lr_schedule(learning_rate: float = 3e-4, *, warmup_steps: int = 100, total_s
 
 
 def decay_mask(params):
-    """Weight decay applies to matrices (kernels, embeddings), not to norm scales or biases."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay applies to matrices (kernels, embeddings), not to norm scales or biases.
+
+    Decided by the leaf's name, not its rank: a scanned model (`scan_layers`) stacks a norm
+    scale into an [L, D] array, and a multi-head bias is [N, H]; neither is a matrix.
+    """
+    def is_matrix(path, p):
+        return getattr(path[-1], "key", None) not in ("scale", "bias")
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(learning_rate: float = 3e-4, *, warmup_steps: int = 100, total_steps: int = 1000,

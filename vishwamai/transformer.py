@@ -37,9 +37,15 @@ def remat_policy(name: str):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: `x + Attn(Norm(x))`, then `x + MLP(Norm(x))`."""
+    """Pre-norm residual block: `x + Attn(Norm(x))`, then `x + MLP(Norm(x))`.
+
+    Attributes:
+      config: the `ModelConfig`.
+      scanned: return `(x, None)`, the (carry, per-step output) pair `nn.scan` expects.
+    """
 
     config: ModelConfig
+    scanned: bool = False
 
     @nn.compact
     def __call__(self, x_BTD, positions_BT, deterministic: bool = True, decode: bool = False):
@@ -51,7 +57,109 @@ class Block(nn.Module):
         h = make_norm(cfg, "pre_mlp_norm")(x_BTD)
         h = MLP(cfg, name="mlp")(h, deterministic=deterministic)
         x_BTD = x_BTD + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        return nn.with_logical_constraint(x_BTD, ACTIVATION_AXES)
+        x_BTD = nn.with_logical_constraint(x_BTD, ACTIVATION_AXES)
+        return (x_BTD, None) if self.scanned else x_BTD
+
+
+#: Name of the one module that holds the stacked blocks when `ModelConfig.scan_layers` is set.
+SCAN_NAME = "layers"
+#: Logical name of the stacked layer axis (axis 0 of every leaf under `SCAN_NAME`).
+LAYER_AXIS = "layers"
+
+
+def _layer_key(i: int) -> str:
+    return f"layer_{i}"
+
+
+def _blocks(cfg: ModelConfig, decode: bool):
+    """The block class as called `L` times: remat-wrapped for training when asked."""
+    if cfg.remat == "none" or decode:
+        return Block
+    # self is argument 0: deterministic and decode (3, 4) are Python bools. Under scan the
+    # loop body is traced once, so CSE cannot merge recomputation across layers: no need for
+    # the optimisation barriers `prevent_cse` adds.
+    return nn.remat(Block, policy=remat_policy(cfg.remat), static_argnums=(3, 4),
+                    prevent_cse=not cfg.scan_layers)
+
+
+def scanned_blocks(cfg: ModelConfig, decode: bool):
+    """`nn.scan` of the block over `cfg.num_layers` steps, weights and cache stacked on axis 0.
+
+    Each layer draws its own init and dropout keys (`split_rngs`); positions, `deterministic`
+    and `decode` are broadcast to every step (the two flags stay Python bools, so remat's
+    `static_argnums` still sees constants). Every parameter's logical axes gain a leading
+    'layers' name, which the sharding rules leave unsplit.
+    """
+    return nn.scan(
+        _blocks(cfg, decode),
+        variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: LAYER_AXIS},
+    )
+
+
+def stack_layers(params, num_layers: int):
+    """An unrolled parameter tree (`layer_0` ... `layer_{L-1}`) -> the scanned layout.
+
+    Every leaf of the L per-layer subtrees is stacked on a new leading axis under `layers`;
+    everything else (embeddings, final norm, head) is kept as is. Pure and exact: the same
+    numbers, only rearranged, so `unstack_layers(stack_layers(p, L)) == p` bit for bit.
+
+    Args:
+      params: mapping with keys `layer_0` ... `layer_{num_layers-1}` (e.g. `VishwamAI.init`
+        of a config with `scan_layers=False`, or a restored checkpoint).
+      num_layers: L, the number of blocks.
+    Returns:
+      a new dict; leaves under `layers` have shape `[L, ...]`.
+    Raises:
+      ValueError: `params` is not a mapping, lacks one of the layers, holds extra `layer_i`
+        keys, or already has `layers`.
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
+        raise ValueError(f"stack_layers: num_layers must be a positive int; got {num_layers!r}")
+    if not isinstance(params, Mapping):
+        raise ValueError(f"stack_layers: params must be a mapping; got {type(params).__name__}")
+    if SCAN_NAME in params:
+        raise ValueError(f"stack_layers: params already has a stacked {SCAN_NAME!r} subtree")
+    keys = [_layer_key(i) for i in range(num_layers)]
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise ValueError(f"stack_layers: params has no {missing[0]!r} (num_layers={num_layers}; "
+                         f"top-level keys: {sorted(params)})")
+    extra = sorted(k for k in params if k.startswith("layer_") and k not in keys)
+    if extra:
+        raise ValueError(f"stack_layers: params has layers beyond num_layers={num_layers}: {extra}")
+    out = {k: v for k, v in params.items() if k not in keys}
+    out[SCAN_NAME] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in keys])
+    return out
+
+
+def unstack_layers(params):
+    """The scanned layout (`layers` with `[L, ...]` leaves) -> `layer_0` ... `layer_{L-1}`.
+
+    The inverse of `stack_layers`, exact (slices of the stacked arrays).
+
+    Raises:
+      ValueError: `params` is not a mapping, has no `layers` subtree, or its leaves disagree
+        on L.
+    """
+    if not isinstance(params, Mapping):
+        raise ValueError(f"unstack_layers: params must be a mapping; got {type(params).__name__}")
+    if SCAN_NAME not in params:
+        raise ValueError(f"unstack_layers: params has no stacked {SCAN_NAME!r} subtree "
+                         f"(top-level keys: {sorted(params)})")
+    stacked = params[SCAN_NAME]
+    lengths = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(stacked)}
+    if len(lengths) != 1 or None in lengths:
+        raise ValueError(f"unstack_layers: leaves under {SCAN_NAME!r} must share a leading "
+                         f"layer axis; got leading sizes {sorted(map(str, lengths))}")
+    (L,) = lengths
+    out = {k: v for k, v in params.items() if k != SCAN_NAME}
+    for i in range(L):
+        out[_layer_key(i)] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return out
 
 
 def _check_tokens(tokens, cfg: ModelConfig):
@@ -115,12 +223,13 @@ class TransformerModel(nn.Module):
         x_BTD = nn.Dropout(cfg.dropout_rate)(x_BTD, deterministic=deterministic)
         x_BTD = nn.with_logical_constraint(x_BTD, ACTIVATION_AXES)
 
-        block = Block
-        if cfg.remat != "none" and not decode:
-            # self is argument 0: deterministic and decode (3, 4) are Python bools.
-            block = nn.remat(Block, policy=remat_policy(cfg.remat), static_argnums=(3, 4))
-        for i in range(cfg.num_layers):
-            x_BTD = block(cfg, name=f"layer_{i}")(x_BTD, positions_BT, deterministic, decode)
+        if cfg.scan_layers:
+            x_BTD, _ = scanned_blocks(cfg, decode)(cfg, scanned=True, name=SCAN_NAME)(
+                x_BTD, positions_BT, deterministic, decode)
+        else:
+            block = _blocks(cfg, decode)
+            for i in range(cfg.num_layers):
+                x_BTD = block(cfg, name=_layer_key(i))(x_BTD, positions_BT, deterministic, decode)
 
         x_BTD = make_norm(cfg, "final_norm")(x_BTD)
         if return_hidden:

@@ -7,6 +7,8 @@ F mlp_dim. The tree this mirrors (`VishwamAI(cfg).abstract_params()`):
   layer_i/mlp/wi [D,2,F] (gated) or [D,F], wo [F,D] (+ biases);
   layer_i/{pre_attention_norm, pre_mlp_norm}, final_norm: scale [D] (+ bias [D] for LayerNorm
   with use_bias); lm_head/kernel [D, V] when embeddings are untied.
+With `scan_layers` the L `layer_i` subtrees are one `layers` subtree whose leaves carry a
+leading L axis: the same elements, so every count here holds for both layouts.
 """
 from __future__ import annotations
 

@@ -92,8 +92,10 @@ def kv_cache_tree_bytes(cfg: ModelConfig | str, batch: int, max_len: int) -> int
 
     m = _model(cfg)
     shapes = jax.eval_shape(lambda: m.init_cache(batch, max_len))
-    return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes)
-               if x.ndim == 4)
+    # Selected by name: a scanned model stacks the [B, S, K, H] buffers into [L, B, S, K, H].
+    return sum(math.prod(x.shape) * x.dtype.itemsize
+               for path, x in jax.tree_util.tree_leaves_with_path(shapes)
+               if getattr(path[-1], "key", None) in ("cached_key", "cached_value"))
 
 
 def loss_step(cfg: ModelConfig | str, *, batch: int, seq_len: int, loss: str = "full",

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from vishwamai.config import ModelConfig
+from vishwamai.transformer import unstack_layers
 
 
 def _check(cfg: ModelConfig) -> None:
@@ -96,6 +97,8 @@ def from_vishwamai(params, cfg: ModelConfig):
     """A `VishwamAI` parameter tree rearranged into this module's (same numbers, plain 2-D
     kernels), so both models can be checked to compute the same function."""
     _check(cfg)
+    if "layers" in params:  # a scanned model's stacked blocks
+        params = unstack_layers(params)
     D = cfg.hidden_dim
     out = {"embed": {"embedding": params["token_embed"]["embedding"]},
            "final_norm": {"scale": params["final_norm"]["scale"]}}
