@@ -324,11 +324,12 @@ def _splash_in(hlo_text: str) -> bool:
 
 
 def model_config(config, *, attention_impl=None, remat=None, dtype=None,
-                 param_dtype=None) -> ModelConfig:
-    """`config` resolved (`as_config`) with the overrides applied."""
+                 param_dtype=None, scan_layers=None, num_layers=None) -> ModelConfig:
+    """`config` resolved (`as_config`) with the overrides applied (None: keep)."""
     cfg = as_config(config)
     changes = {k: v for k, v in (("attention_impl", attention_impl), ("remat", remat),
-                                 ("dtype", dtype), ("param_dtype", param_dtype))
+                                 ("dtype", dtype), ("param_dtype", param_dtype),
+                                 ("scan_layers", scan_layers), ("num_layers", num_layers))
                if v is not None}
     return cfg.replace(**changes) if changes else cfg
 
@@ -337,6 +338,7 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
                          seq_len: int, attention_impl: str | None = None,
                          remat: str | None = None, cache_len: int | None = None,
                          dtype: str | None = None, param_dtype: str | None = None,
+                         scan_layers: bool | None = True, num_layers: int | None = None,
                          hlo: bool = False) -> dict:
     """Compiles one program for a TPU topology with XLA:TPU and reports what the compiler said.
 
@@ -352,6 +354,10 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
       attention_impl, remat: override the config's attention kernel and remat policy.
       cache_len: KV cache positions for decode (default `seq_len`).
       dtype, param_dtype: override the compute and storage dtypes (e.g. 'bfloat16').
+      scan_layers: run the blocks under `nn.scan` (default True: the compiler sees one block,
+        so a 32-layer model compiles about as fast as a 2-layer one; memory and FLOPs are those
+        of the same model); None keeps the config's choice.
+      num_layers: override L (a shallow copy of a preset, for quick checks).
       hlo: also return the compiled HLO text under 'hlo'.
 
     Returns:
@@ -378,7 +384,8 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int; got {v!r}")
     cfg = model_config(config, attention_impl=attention_impl, remat=remat, dtype=dtype,
-                       param_dtype=param_dtype)
+                       param_dtype=param_dtype, scan_layers=scan_layers,
+                       num_layers=num_layers)
     cache_len = (cache_len or seq_len) if mode == "decode" else None
     if mode == "decode":
         cfg.check_seq_len(cache_len)
@@ -391,7 +398,8 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
            "chips": t["chips"], "layout": layout, "mode": mode, "batch_size": batch_size,
            "seq_len": seq_len, "cache_len": cache_len, "dtype": cfg.dtype,
            "param_dtype": cfg.param_dtype, "attention_impl": cfg.attention_impl,
-           "remat": cfg.remat, "hbm_bytes_per_chip": float(chip.hbm_bytes),
+           "remat": cfg.remat, "scan_layers": cfg.scan_layers, "num_layers": cfg.num_layers,
+           "hbm_bytes_per_chip": float(chip.hbm_bytes),
            "compiler_hbm_bytes_per_chip": compiler_hbm_bytes(t["generation"]),
            "libtpu_version": libtpu_version(), "jax_version": jax.__version__}
     t0 = time.perf_counter()
@@ -446,7 +454,8 @@ def analytic_point(row: dict, config=None) -> dict:
     """
     cfg = model_config(config if config is not None else row["preset"],
                        attention_impl=row.get("attention_impl"), remat=row.get("remat"),
-                       dtype=row.get("dtype"), param_dtype=row.get("param_dtype"))
+                       dtype=row.get("dtype"), param_dtype=row.get("param_dtype"),
+                       num_layers=row.get("num_layers"))
     est = _roofline.memory_per_chip(cfg, row["layout"], row["chips"],
                                     batch=row["batch_size"], seq_len=row["seq_len"],
                                     mode=row["mode"], cache_len=row.get("cache_len"))

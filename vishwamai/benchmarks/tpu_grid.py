@@ -46,36 +46,51 @@ def _seq(preset: str, T: int) -> int:
 
 
 def grid_points() -> list[dict]:
-    """The grid: every preset x generation x train/serve at chapter 4's sizes, 4 to 256 chips."""
+    """The grid: the book's presets x generation x train/serve at chapter 4's sizes, 4 to 256
+    chips; two `tiny` rows first (the test suite recompiles them)."""
     pts = []
 
     def add(preset, topology, layout, mode, batch, seq, **kw):
+        dt = {} if preset == "tiny" else dict(dtype=DTYPE, param_dtype=DTYPE)
         pts.append(dict(config=preset, topology=topology, layout=layout, mode=mode,
-                        batch_size=batch, seq_len=_seq(preset, seq), dtype=DTYPE,
-                        param_dtype=DTYPE, **kw))
+                        batch_size=batch, seq_len=_seq(preset, seq), **dt, **kw))
 
-    for gen in aot.GENERATIONS:
-        four, sixteen = FOUR[gen], SIXTEEN[gen]
-        # training, FSDP, one sequence per chip
-        for preset in ("base", "xl", "tinyllama_1_1b", "llama2_7b", "llama3_8b"):
-            add(preset, four, "fsdp", "train", 4, TRAIN_SEQ, remat="full")
-        for preset in ("xxl", "llama2_7b"):
-            add(preset, sixteen, "fsdp", "train", 16, TRAIN_SEQ, remat="full")
-        add("llama3_8b", SIXTY_FOUR[gen], "fsdp", "train", 64, TRAIN_SEQ, remat="full")
-        add("llama2_7b", TWO_FIFTY_SIX[gen], "fsdp", "train", 256, TRAIN_SEQ, remat="full")
-        # serving: a replica per slice (tensor parallel), one decode step at full context
-        add("llama3_8b", four, "tensor", "decode", 4, PRESETS["llama3_8b"].max_seq_len)
-        add("gpt2", four, "data", "forward", 8, SERVE_SEQ)
+    add("tiny", "v5e:2x2", "fsdp", "train", 8, 128)
+    add("tiny", "v6e:2x2", "tensor", "decode", 8, 128, cache_len=128)
     # data parallel: replicated state (the known case: llama2_7b at 8 x 2048 on 4 v5e chips)
     add("llama2_7b", "v5e:2x2", "data", "train", 8, 2048, remat="full")
+    per_gen = []
+    for gen in aot.GENERATIONS:
+        four = FOUR[gen]
+        # training, FSDP, one sequence of 2048 per chip, full remat
+        per_gen.append([
+            (("base", four, "fsdp", "train", 4, TRAIN_SEQ), {"remat": "full"}),
+            (("llama2_7b", four, "fsdp", "train", 4, TRAIN_SEQ), {"remat": "full"}),
+            (("llama3_8b", four, "tensor", "decode", 4, PRESETS["llama3_8b"].max_seq_len), {}),
+            (("xl", four, "fsdp", "train", 4, TRAIN_SEQ), {"remat": "full"}),
+            (("gpt2", four, "data", "forward", 8, SERVE_SEQ), {}),
+            (("tinyllama_1_1b", four, "fsdp", "train", 4, TRAIN_SEQ), {"remat": "full"}),
+            (("xxl", SIXTEEN[gen], "fsdp", "train", 16, TRAIN_SEQ), {"remat": "full"}),
+            (("llama3_8b", SIXTY_FOUR[gen], "fsdp", "train", 64, TRAIN_SEQ), {"remat": "full"}),
+            (("llama2_7b", TWO_FIFTY_SIX[gen], "fsdp", "train", 256, TRAIN_SEQ),
+             {"remat": "full"}),
+        ])
+    for i in range(len(per_gen[0])):           # generation by generation, row by row
+        for rows in per_gen:
+            args, kw = rows[i]
+            add(*args, **kw)
     add("large", "v5e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
     add("gpt2", "v6e:2x2", "data", "train", 8, 1024, remat="full")
-    add("tinyllama_1_1b", "v5p:2x2x1", "data", "train", 8, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v5p:2x2x1", "tensor", "decode", 8, 4096)
     add("large", "v4:2x2x1", "tensor", "forward", 4, SERVE_SEQ)
-    add("llama2_7b", "v5e:2x2", "tensor", "decode", 8, 4096)
-    add("xxl", "v5e:2x2", "tensor", "forward", 4, SERVE_SEQ)
     add("tinyllama_1_1b", "v6e:2x2", "data", "decode", 16, 2048)
+    add("tinyllama_1_1b", "v5p:2x2x1", "data", "train", 8, TRAIN_SEQ, remat="full")
     return pts
+
+
+def fp8_findings(generations=("v5e", "v5p", "v6e")) -> list[dict]:
+    """`aot.fp8_gemm_on_tpu` for each generation (1024^3, per-tensor scaling)."""
+    return [aot.fp8_gemm_on_tpu(g) for g in generations]
 
 
 def with_analytic(row: dict, config=None) -> dict:
@@ -104,6 +119,7 @@ def agreement(rows: list[dict]) -> dict:
 def provenance(command: str) -> dict:
     import jax
     return {"libtpu": aot.libtpu_version(), "jax": jax.__version__,
+            "prng_impl": str(jax.config.jax_default_prng_impl),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command, "host": platform.machine(), "host_cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -124,12 +140,16 @@ def run(points: list[dict], *, out: str | None = None, command: str = "",
     payload = {"benchmark": "tpu_compile", "provenance": provenance(command), "rows": []}
     t0 = time.perf_counter()
     for i, pt in enumerate(points):
-        row = aot.compile_for_topology(**pt)
-        row = with_analytic(row)
+        try:
+            row = with_analytic(aot.compile_for_topology(**pt))
+        except Exception as e:  # noqa: BLE001 - keep the grid going; the row says what failed
+            row = {**pt, "preset": pt["config"], "status": "error", "compile_s": 0.0,
+                   "error": f"{type(e).__name__}: {str(e).splitlines()[0][:500]}"}
+            print(f"error at {pt}: {row['error']}", file=sys.stderr, flush=True)
         payload["rows"].append(row)
         payload["total_compile_s"] = sum(r["compile_s"] for r in payload["rows"])
         payload["elapsed_s"] = time.perf_counter() - t0
-        payload["agreement"] = agreement(payload["rows"])
+        payload["agreement"] = agreement([r for r in payload["rows"] if r["status"] != "error"])
         if out:
             _write(out, payload)
         if progress:
@@ -219,6 +239,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--attention-impl", default=None, help="attention kernel override")
     p.add_argument("--remat", default=None, help="remat policy override")
     p.add_argument("--dtype", default=None, help="compute and parameter dtype override")
+    p.add_argument("--layers", type=_positive, default=None,
+                   help="override the preset's number of layers (a shallow copy, for checks)")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     return p
 
@@ -228,7 +250,7 @@ def main(args: argparse.Namespace) -> dict:
     points = [dict(config=args.preset, topology=args.topology, layout=layout, mode=mode,
                    batch_size=args.batch, seq_len=args.seq, cache_len=args.cache_len,
                    attention_impl=args.attention_impl, remat=args.remat, dtype=args.dtype,
-                   param_dtype=args.dtype)
+                   param_dtype=args.dtype, num_layers=args.layers)
               for layout in args.layout for mode in args.mode]
     command = "python -m vishwamai.bench " + " ".join(sys.argv[1:])
     payload = run(points, out=None, command=command, progress=False)
@@ -248,6 +270,9 @@ def _grid_main(argv=None) -> dict:
     pts = grid_points()[:args.limit]
     command = "python -m vishwamai.benchmarks.tpu_grid " + " ".join(argv or sys.argv[1:])
     payload = run(pts, out=args.out, command=command.strip())
+    if not args.limit:
+        payload["fp8"] = fp8_findings()
+        _write(args.out, payload)
     print(format_table(payload["rows"]))
     print(json.dumps(payload["agreement"]))
     print(f"total compile time {payload['total_compile_s']:.0f} s; wrote {args.out}")
