@@ -38,8 +38,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vishwamai import sharding as _sh
 from vishwamai import train as _train
-from vishwamai.analysis import roofline as _roofline
 from vishwamai.analysis.hardware import get_chip
+from vishwamai.analysis.roofline import memory_per_chip
 from vishwamai.config import ModelConfig, as_config
 from vishwamai.kernels.kernel import fp8_gemm_optimized
 from vishwamai.kernels.target import compile_target
@@ -456,7 +456,7 @@ def analytic_point(row: dict, config=None) -> dict:
                        attention_impl=row.get("attention_impl"), remat=row.get("remat"),
                        dtype=row.get("dtype"), param_dtype=row.get("param_dtype"),
                        num_layers=row.get("num_layers"))
-    est = _roofline.memory_per_chip(cfg, row["layout"], row["chips"],
+    est = memory_per_chip(cfg, row["layout"], row["chips"],
                                     batch=row["batch_size"], seq_len=row["seq_len"],
                                     mode=row["mode"], cache_len=row.get("cache_len"))
     hbm = row.get("compiler_hbm_bytes_per_chip")

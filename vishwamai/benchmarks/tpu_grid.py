@@ -141,18 +141,20 @@ def run(points: list[dict], *, out: str | None = None, command: str = "",
     t0 = time.perf_counter()
     for i, pt in enumerate(points):
         try:
-            row = with_analytic(aot.compile_for_topology(**pt))
+            row = aot.compile_for_topology(**pt)
         except Exception as e:  # noqa: BLE001 - keep the grid going; the row says what failed
             row = {**pt, "preset": pt["config"], "status": "error", "compile_s": 0.0,
                    "error": f"{type(e).__name__}: {str(e).splitlines()[0][:500]}"}
             print(f"error at {pt}: {row['error']}", file=sys.stderr, flush=True)
+        else:
+            row = with_analytic(row)
         payload["rows"].append(row)
         payload["total_compile_s"] = sum(r["compile_s"] for r in payload["rows"])
         payload["elapsed_s"] = time.perf_counter() - t0
         payload["agreement"] = agreement([r for r in payload["rows"] if r["status"] != "error"])
         if out:
             _write(out, payload)
-        if progress:
+        if progress and row["status"] != "error":
             print(f"[{i + 1}/{len(points)}] {_line(row)}", file=sys.stderr, flush=True)
     return payload
 
@@ -273,7 +275,7 @@ def _grid_main(argv=None) -> dict:
     if not args.limit:
         payload["fp8"] = fp8_findings()
         _write(args.out, payload)
-    print(format_table(payload["rows"]))
+    print(format_table([r for r in payload["rows"] if r["status"] != "error"]))
     print(json.dumps(payload["agreement"]))
     print(f"total compile time {payload['total_compile_s']:.0f} s; wrote {args.out}")
     return payload
