@@ -265,7 +265,7 @@ def sharded_param_count(cfg: ModelConfig | str, layout: str, chips: int) -> floa
 def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: int,
                     seq_len: int, mode: str = "train", cache_len: int | None = None,
                     remat: str | None = None, attention: str | None = None,
-                    optimizer: str = "adamw", loss: str = "chunked") -> dict:
+                    optimizer: str = "adamw_param_dtype", loss: str = "chunked") -> dict:
     """Bytes one chip holds at the peak of a sharded program: the analytic side of an
     ahead-of-time TPU compilation (`vishwamai.aot`), term by term.
 
@@ -281,7 +281,8 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
         `plan`), 'forward' (weights, one block's working set and the `[B, T, V]` logits output
         in the compute dtype), 'decode' (weights, the KV cache of `cache_len` positions (default
         T), one block's working set for one new token and its `[B, 1, V]` logits).
-      cache_len, remat, attention, optimizer, loss: see `vishwamai.analysis.memory`.
+      cache_len, remat, attention, optimizer, loss: see `vishwamai.analysis.memory`; the
+        default optimizer is the package's own AdamW (moments in the parameter dtype).
 
     Returns:
       dict of bytes per chip: params, grads, optimizer, activations, workspace, gather (FSDP's

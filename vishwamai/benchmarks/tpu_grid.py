@@ -36,9 +36,45 @@ SIXTY_FOUR = {"v4": "v4:4x4x4", "v5e": "v5e:8x8", "v5p": "v5p:4x4x4", "v6e": "v6
 TWO_FIFTY_SIX = {"v4": "v4:4x8x8", "v5e": "v5e:16x16", "v5p": "v5p:4x8x8", "v6e": "v6e:16x16"}
 GRID_PRESETS = ("base", "large", "xl", "xxl", "gpt2", "llama2_7b", "llama3_8b", "tinyllama_1_1b")
 
-#: Rows whose analytic and compiled verdicts or bytes disagree, with the reason found in the
-#: compiled program (filled in from the grid; see Chapter 4).
-REASONS: dict = {}
+#: What the compiled programs show where the planner and the compiler part ways, by
+#: (preset or '*', mode, layout or '*'): the mechanism, read off the compiled rows' argument and
+#: temporary bytes (see `reason`). Chapter 4 lists each disagreement with its entry.
+REASONS: dict = {
+    ("tiny", "*", "*"): "a toy model (< 1 MB of weights): the compiler's fixed per-program "
+                        "buffers (collective scratch, the splash kernel's tiles padded to "
+                        "128 lanes, the loss's [B, 128, V] chunk) outweigh every term the "
+                        "planner scales",
+}
+
+
+def _reason_key(row):
+    for key in ((row["preset"], row["mode"], row["layout"]), (row["preset"], row["mode"], "*"),
+                (row["preset"], "*", "*"), ("*", row["mode"], row["layout"]),
+                ("*", row["mode"], "*")):
+        if key in REASONS:
+            return REASONS[key]
+    return None
+
+
+def reason(row: dict) -> str:
+    """Why the planner and the compiler differ on this row: the side that differs (sharded
+    inputs vs temporaries, from the compiled bytes) and the mechanism from `REASONS`."""
+    g = 1e9
+    parts = row.get("analytic_parts", {})
+    known = _reason_key(row)
+    if row["status"] != "ok":
+        side = (f"the compiler needs {row.get('needed_bytes', math.nan) / g:.1f} GB of "
+                f"{row.get('needed_for') or 'memory'} beyond the "
+                f"{row.get('compiler_hbm_bytes_per_chip', math.nan) / g:.1f} GB it allows; "
+                f"the planner counts {row['analytic_peak_bytes_per_chip'] / g:.1f} GB in all")
+        return f"{known}; {side}" if known else side
+    planned_in = parts.get("params", 0) + parts.get("optimizer", 0) + parts.get("kv_cache", 0)
+    planned_tmp = row["analytic_peak_bytes_per_chip"] - planned_in
+    side = (f"inputs: compiler {row['argument_bytes'] / g:.2f} GB, planner {planned_in / g:.2f} GB; "
+            f"temporaries + outputs: compiler "
+            f"{(row['peak_bytes_per_chip'] - row['argument_bytes']) / g:.2f} GB, planner "
+            f"{planned_tmp / g:.2f} GB")
+    return f"{known}; {side}" if known else side
 
 
 def _seq(preset: str, T: int) -> int:
@@ -263,18 +299,49 @@ def main(args: argparse.Namespace) -> dict:
     return payload
 
 
+def merge(paths: list[str], out: str, command: str) -> dict:
+    """One grid file from shards written by `--start/--stop` runs (rows in grid order)."""
+    parts = [json.loads(open(p).read()) for p in paths]
+    rows = [r for part in sorted(parts, key=lambda d: d.get("start", 0)) for r in part["rows"]]
+    payload = {"benchmark": "tpu_compile", "provenance": provenance(command), "rows": rows,
+               "shards": [{"start": d.get("start", 0), "command": d["provenance"]["command"],
+                           "date": d["provenance"]["date"], "elapsed_s": d.get("elapsed_s")}
+                          for d in parts],
+               "total_compile_s": sum(r["compile_s"] for r in rows),
+               "agreement": agreement([r for r in rows if r["status"] != "error"])}
+    for d in parts:
+        if "fp8" in d:
+            payload["fp8"] = d["fp8"]
+    _write(out, payload)
+    return payload
+
+
 def _grid_main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m vishwamai.benchmarks.tpu_grid",
                                 description="the TPU compile grid of Chapter 4")
     p.add_argument("--out", default="book/results/tpu_compile.json")
+    p.add_argument("--start", type=int, default=0, help="first point (for shards run in parallel)")
+    p.add_argument("--stop", type=int, default=None, help="one past the last point")
     p.add_argument("--limit", type=_positive, default=None, help="first N points only")
+    p.add_argument("--merge", nargs="+", default=None,
+                   help="merge these shard files into --out instead of compiling")
     args = p.parse_args(argv)
-    pts = grid_points()[:args.limit]
-    command = "python -m vishwamai.benchmarks.tpu_grid " + " ".join(argv or sys.argv[1:])
-    payload = run(pts, out=args.out, command=command.strip())
-    if not args.limit:
+    command = "python -m vishwamai.benchmarks.tpu_grid " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    if args.merge:
+        payload = merge(args.merge, args.out, command.strip())
+        print(json.dumps(payload["agreement"]))
+        return payload
+    pts = grid_points()
+    stop = args.stop if args.stop is not None else len(pts)
+    if args.limit:
+        stop = min(stop, args.start + args.limit)
+    whole = args.start == 0 and stop == len(pts)
+    payload = run(pts[args.start:stop], out=args.out, command=command.strip())
+    payload["start"] = args.start
+    if whole or stop == len(pts):
         payload["fp8"] = fp8_findings()
-        _write(args.out, payload)
+    _write(args.out, payload)
     print(format_table([r for r in payload["rows"] if r["status"] != "error"]))
     print(json.dumps(payload["agreement"]))
     print(f"total compile time {payload['total_compile_s']:.0f} s; wrote {args.out}")
