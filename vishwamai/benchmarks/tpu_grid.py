@@ -56,25 +56,39 @@ def _reason_key(row):
     return None
 
 
-def reason(row: dict) -> str:
-    """Why the planner and the compiler differ on this row: the side that differs (sharded
-    inputs vs temporaries, from the compiled bytes) and the mechanism from `REASONS`."""
+def _siblings(row: dict, rows) -> list[dict]:
+    """The same program (preset, mode, layout, sizes, chips) compiled for other generations."""
+    key = ("preset", "mode", "layout", "batch_size", "seq_len", "chips", "dtype")
+    return [r for r in rows or () if r is not row and r["status"] == "ok"
+            and r["generation"] != row["generation"] and all(r[k] == row[k] for k in key)]
+
+
+def reason(row: dict, rows=None) -> str:
+    """Why the planner and the compiler differ on this row, from the compiled bytes: which side
+    differs (the sharded inputs, or the temporaries and outputs), the mechanism from `REASONS`
+    where one is known, and how the same program fared on the other generations in `rows`."""
     g = 1e9
     parts = row.get("analytic_parts", {})
-    known = _reason_key(row)
+    out = [_reason_key(row)] if _reason_key(row) else []
     if row["status"] != "ok":
-        side = (f"the compiler needs {row.get('needed_bytes', math.nan) / g:.1f} GB of "
-                f"{row.get('needed_for') or 'memory'} beyond the "
-                f"{row.get('compiler_hbm_bytes_per_chip', math.nan) / g:.1f} GB it allows; "
-                f"the planner counts {row['analytic_peak_bytes_per_chip'] / g:.1f} GB in all")
-        return f"{known}; {side}" if known else side
+        out.append(f"the compiler needs {row.get('needed_bytes', math.nan) / g:.1f} GB "
+                   f"({row.get('needed_for') or 'memory'}) of the "
+                   f"{row.get('compiler_hbm_bytes_per_chip', math.nan) / g:.1f} GB it allows; "
+                   f"the planner counts {row['analytic_peak_bytes_per_chip'] / g:.1f} GB in all")
+        return "; ".join(out)
     planned_in = parts.get("params", 0) + parts.get("optimizer", 0) + parts.get("kv_cache", 0)
     planned_tmp = row["analytic_peak_bytes_per_chip"] - planned_in
-    side = (f"inputs: compiler {row['argument_bytes'] / g:.2f} GB, planner {planned_in / g:.2f} GB; "
-            f"temporaries + outputs: compiler "
-            f"{(row['peak_bytes_per_chip'] - row['argument_bytes']) / g:.2f} GB, planner "
-            f"{planned_tmp / g:.2f} GB")
-    return f"{known}; {side}" if known else side
+    comp_tmp = row["peak_bytes_per_chip"] - row["argument_bytes"]
+    out.append(f"sharded inputs: compiler {row['argument_bytes'] / g:.2f} GB, planner "
+               f"{planned_in / g:.2f} GB; temporaries and outputs: compiler {comp_tmp / g:.2f} GB,"
+               f" planner {planned_tmp / g:.2f} GB")
+    sib = _siblings(row, rows)
+    if sib:
+        out.append("the same program elsewhere: " + ", ".join(
+            f"{r['generation']} {r['analytic_peak_bytes_per_chip'] / r['peak_bytes_per_chip']:.2f}"
+            for r in sorted(sib, key=lambda r: r["generation"])) + " (planner / compiler): "
+            "the generations' compilers schedule and fuse the same step differently")
+    return "; ".join(out)
 
 
 def _seq(preset: str, T: int) -> int:
@@ -121,6 +135,22 @@ def grid_points() -> list[dict]:
     add("large", "v4:2x2x1", "tensor", "forward", 4, SERVE_SEQ)
     add("tinyllama_1_1b", "v6e:2x2", "data", "decode", 16, 2048)
     add("tinyllama_1_1b", "v5p:2x2x1", "data", "train", 8, TRAIN_SEQ, remat="full")
+    # replicated or 4-way-split states the 16-32 GB chips refuse, then more serving points
+    add("xxl", "v5e:2x2", "fsdp", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama3_8b", "v5e:2x2", "fsdp", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v4:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama3_8b", "v6e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("xxl", "v6e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("xl", "v5e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v6e:2x2", "tensor", "decode", 8, 4096)
+    add("llama2_7b", "v4:2x2x1", "tensor", "decode", 8, 4096)
+    add("tinyllama_1_1b", "v5e:2x2", "tensor", "decode", 16, 2048)
+    add("xxl", "v6e:2x2", "tensor", "decode", 4, 2048)
+    add("llama3_8b", "v5e:2x2", "data", "decode", 4, 8192)
+    add("base", "v5e:2x2", "data", "forward", 8, SERVE_SEQ)
+    add("large", "v6e:2x2", "data", "forward", 8, SERVE_SEQ)
+    add("xl", "v5p:2x2x1", "data", "forward", 8, SERVE_SEQ)
+    add("llama2_7b", "v6e:2x2", "tensor", "forward", 4, SERVE_SEQ)
     return pts
 
 
@@ -156,6 +186,7 @@ def provenance(command: str) -> dict:
     import jax
     return {"libtpu": aot.libtpu_version(), "jax": jax.__version__,
             "prng_impl": str(jax.config.jax_default_prng_impl),
+            "matmul_precision": jax.config.jax_default_matmul_precision,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command, "host": platform.machine(), "host_cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -312,6 +343,8 @@ def merge(paths: list[str], out: str, command: str) -> dict:
     for d in parts:
         if "fp8" in d:
             payload["fp8"] = d["fp8"]
+    if "fp8" not in payload:
+        payload["fp8"] = fp8_findings()
     _write(out, payload)
     return payload
 
