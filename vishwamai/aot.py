@@ -257,10 +257,13 @@ def _local_bytes(tree, shardings) -> int:
 
 
 def _cache_sharding(mesh, leaf):
-    """KV cache `[B, S, K, H]`: B over the batch axes, K heads over 'tensor'; scalars replicated."""
-    if leaf.ndim != 4:
+    """KV cache `[B, S, K, H]` (`[L, B, S, K, H]` in a scanned model): B over the batch axes, K
+    heads over 'tensor'; indices and other scalars replicated."""
+    names = {4: ("activation_batch", None, "kv_heads", None),
+             5: ("layers", "activation_batch", None, "kv_heads", None)}.get(leaf.ndim)
+    if names is None:
         return NamedSharding(mesh, P())
-    spec, _ = _sh.fit_spec(("activation_batch", None, "kv_heads", None), leaf.shape, mesh)
+    spec, _ = _sh.fit_spec(names, leaf.shape, mesh)
     return NamedSharding(mesh, spec)
 
 

@@ -17,7 +17,7 @@ import math
 
 from vishwamai.analysis.flops import decode_flops, flops
 from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
-from vishwamai.analysis.memory import (activation_bytes, forward_working_set, kv_cache_bytes,
+from vishwamai.analysis.memory import (F32, activation_bytes, forward_working_set, kv_cache_bytes,
                                        optimizer_bytes)
 from vishwamai.analysis.params import _cfg, bytes_per, count_params
 from vishwamai.config import ModelConfig
@@ -286,7 +286,8 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
 
     Returns:
       dict of bytes per chip: params, grads, optimizer, activations, workspace, gather (FSDP's
-      gathered layer weights), kv_cache, logits, total.
+      gathered layer weights), loss_head (the chunked loss's f32 head-gradient accumulator and,
+      under FSDP, the gathered head), kv_cache, logits, total.
     """
     if layout not in SHARDINGS:
         raise ValueError(f"layout={layout!r} is not one of {SHARDINGS}")
@@ -303,7 +304,7 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
     b_chip = batch if layout == "tensor" else _per_chip_batch(batch, chips)
     width = chips if layout == "tensor" else 1
     out = dict.fromkeys(("params", "grads", "optimizer", "activations", "workspace", "gather",
-                         "kv_cache", "logits"), 0.0)
+                         "loss_head", "kv_cache", "logits"), 0.0)
     out["params"] = n_chip * pb
     if layout == "fsdp" and w["embed"] > 1:
         out["gather"] = 2 * count_params(c)["per_layer"] * cb
@@ -317,6 +318,13 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
         out["activations"] = (c.num_layers * (whole + (per["total"] - whole) / width)
                               + act["outside"])
         out["workspace"] = act["workspace"] / width
+        if loss == "chunked":
+            # The fused chunked loss (`train.cross_entropy_sum`) carries the head's gradient as
+            # an f32 [D, V] accumulator through its scan over chunks (split like the head), and
+            # under FSDP multiplies every chunk by the whole gathered head [D, V].
+            head_ways = w["embed"] if layout == "fsdp" else w["vocab"]
+            out["loss_head"] = c.hidden_dim * c.vocab_size * (
+                F32 / head_ways + (cb if layout == "fsdp" and head_ways > 1 else 0))
     else:
         T = seq_len if mode == "forward" else 1
         S = seq_len if mode == "forward" else (cache_len or seq_len)

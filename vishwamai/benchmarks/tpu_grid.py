@@ -151,6 +151,17 @@ def grid_points() -> list[dict]:
     add("large", "v6e:2x2", "data", "forward", 8, SERVE_SEQ)
     add("xl", "v5p:2x2x1", "data", "forward", 8, SERVE_SEQ)
     add("llama2_7b", "v6e:2x2", "tensor", "forward", 4, SERVE_SEQ)
+    # more points the planner and the compiler should both refuse
+    add("xxl", "v4:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v6e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama3_8b", "v5e:2x2", "tensor", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v5e:2x2", "tensor", "train", 4, TRAIN_SEQ, remat="full")
+    add("xxl", "v5e:2x2", "tensor", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v5e:2x2", "data", "decode", 16, 4096)
+    add("llama3_8b", "v5e:2x2", "data", "forward", 8, SERVE_SEQ)
+    add("xxl", "v5e:2x2", "data", "forward", 8, SERVE_SEQ)
+    add("llama3_8b", "v4:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("xxl", "v5p:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
     return pts
 
 
@@ -331,9 +342,16 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def merge(paths: list[str], out: str, command: str) -> dict:
-    """One grid file from shards written by `--start/--stop` runs (rows in grid order)."""
+    """One grid file from shards written by `--start/--stop/--points` runs (in the order
+    given; a point compiled again in a later file replaces the earlier row)."""
     parts = [json.loads(open(p).read()) for p in paths]
-    rows = [r for part in sorted(parts, key=lambda d: d.get("start", 0)) for r in part["rows"]]
+    by_key: dict = {}
+    for part in parts:                     # a later file's row replaces an earlier one's
+        for r in part["rows"]:
+            key = tuple(str(r.get(k)) for k in ("preset", "topology", "layout", "mode",
+                                                "batch_size", "seq_len", "dtype", "remat"))
+            by_key[key] = r
+    rows = list(by_key.values())
     payload = {"benchmark": "tpu_compile", "provenance": provenance(command), "rows": rows,
                "shards": [{"start": d.get("start", 0), "command": d["provenance"]["command"],
                            "date": d["provenance"]["date"], "elapsed_s": d.get("elapsed_s")}
@@ -356,6 +374,8 @@ def _grid_main(argv=None) -> dict:
     p.add_argument("--start", type=int, default=0, help="first point (for shards run in parallel)")
     p.add_argument("--stop", type=int, default=None, help="one past the last point")
     p.add_argument("--limit", type=_positive, default=None, help="first N points only")
+    p.add_argument("--points", default=None,
+                   help="comma-separated point indices to compile instead of a range")
     p.add_argument("--merge", nargs="+", default=None,
                    help="merge these shard files into --out instead of compiling")
     args = p.parse_args(argv)
@@ -369,10 +389,12 @@ def _grid_main(argv=None) -> dict:
     stop = args.stop if args.stop is not None else len(pts)
     if args.limit:
         stop = min(stop, args.start + args.limit)
-    whole = args.start == 0 and stop == len(pts)
-    payload = run(pts[args.start:stop], out=args.out, command=command.strip())
+    whole = args.start == 0 and stop == len(pts) and not args.points
+    chosen = ([pts[int(i)] for i in args.points.split(",")] if args.points
+              else pts[args.start:stop])
+    payload = run(chosen, out=args.out, command=command.strip())
     payload["start"] = args.start
-    if whole or stop == len(pts):
+    if whole or (stop == len(pts) and not args.points):
         payload["fp8"] = fp8_findings()
     _write(args.out, payload)
     print(format_table([r for r in payload["rows"] if r["status"] != "error"]))
