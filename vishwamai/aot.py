@@ -458,7 +458,7 @@ def analytic_point(row: dict, config=None) -> dict:
     cfg = model_config(config if config is not None else row["preset"],
                        attention_impl=row.get("attention_impl"), remat=row.get("remat"),
                        dtype=row.get("dtype"), param_dtype=row.get("param_dtype"),
-                       num_layers=row.get("num_layers"))
+                       num_layers=row.get("num_layers"), scan_layers=row.get("scan_layers"))
     est = memory_per_chip(cfg, row["layout"], row["chips"],
                                     batch=row["batch_size"], seq_len=row["seq_len"],
                                     mode=row["mode"], cache_len=row.get("cache_len"))

@@ -17,8 +17,9 @@ import math
 
 from vishwamai.analysis.flops import decode_flops, flops
 from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
-from vishwamai.analysis.memory import (F32, activation_bytes, forward_working_set, kv_cache_bytes,
-                                       optimizer_bytes)
+from vishwamai.analysis.memory import (F32, _attention_kind, activation_bytes,
+                                       forward_working_set, kv_cache_bytes, optimizer_bytes,
+                                       saved_per_layer)
 from vishwamai.analysis.params import _cfg, bytes_per, count_params
 from vishwamai.config import ModelConfig
 
@@ -287,7 +288,8 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
     Returns:
       dict of bytes per chip: params, grads, optimizer, activations, workspace, gather (FSDP's
       gathered layer weights), loss_head (the chunked loss's f32 head-gradient accumulator and,
-      under FSDP, the gathered head), kv_cache, logits, total.
+      under FSDP, the gathered head), kv_cache, cache_update (a scanned decode step's new
+      stacked cache), logits, total.
     """
     if layout not in SHARDINGS:
         raise ValueError(f"layout={layout!r} is not one of {SHARDINGS}")
@@ -304,7 +306,7 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
     b_chip = batch if layout == "tensor" else _per_chip_batch(batch, chips)
     width = chips if layout == "tensor" else 1
     out = dict.fromkeys(("params", "grads", "optimizer", "activations", "workspace", "gather",
-                         "loss_head", "kv_cache", "logits"), 0.0)
+                         "loss_head", "kv_cache", "cache_update", "logits"), 0.0)
     out["params"] = n_chip * pb
     if layout == "fsdp" and w["embed"] > 1:
         out["gather"] = 2 * count_params(c)["per_layer"] * cb
@@ -317,7 +319,18 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
         whole = per["residual"] + per["tokens"]
         out["activations"] = (c.num_layers * (whole + (per["total"] - whole) / width)
                               + act["outside"])
-        out["workspace"] = act["workspace"] / width
+        # Backward workspace as XLA:TPU holds it: the block being differentiated is recomputed
+        # (remat) with its elementwise work fused into the consumers, so what is live is its
+        # matmul outputs (the 'dots' residual set), not every intermediate `activation_bytes`
+        # counts; plus dense attention's score gradients and the loss's logits gradient.
+        recompute = (saved_per_layer(c, batch=b_chip, seq_len=seq_len, remat="dots",
+                                     attention=attention)["total"]
+                     if (remat or c.remat) != "none" else 0)
+        dense = _attention_kind(c, attention) != "flash"
+        scores = 2 * F32 * b_chip * c.num_heads * seq_len * seq_len if dense else 0
+        rows = seq_len if loss == "full" else min(128, seq_len)
+        out["workspace"] = (recompute + scores) / width + 2 * b_chip * rows * c.vocab_size * F32 / (
+            w["vocab"])
         if loss == "chunked":
             # The fused chunked loss (`train.cross_entropy_sum`) carries the head's gradient as
             # an f32 [D, V] accumulator through its scan over chunks (split like the head), and
@@ -337,5 +350,9 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
         out["logits"] = b_chip * T * c.vocab_size * cb / w["vocab"]
         if mode == "decode":
             out["kv_cache"] = kv_cache_bytes(c, b_chip, S) / w["kv_heads"]
+            if c.scan_layers:
+                # A scanned decode step writes the updated [L, ...] cache as the scan's
+                # stacked output: a second buffer beside the donated one.
+                out["cache_update"] = out["kv_cache"]
     out["total"] = sum(out.values())
     return out
