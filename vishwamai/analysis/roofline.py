@@ -277,11 +277,11 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
         vocabulary split; batch whole; the residual stream replicated).
       chips: devices in the mesh.
       batch, seq_len: global B and T.
-      mode: 'train' (AdamW step: weights, gradients, moments and f32 master split like the
-        weights, saved activations and backward workspace of the chip's batch rows, as
-        `plan`), 'forward' (weights, one block's working set and the `[B, T, V]` logits output
-        in the compute dtype), 'decode' (weights, the KV cache of `cache_len` positions (default
-        T), one block's working set for one new token and its `[B, 1, V]` logits).
+      mode: 'train' (AdamW step: weights, gradients and moments split like the weights, saved
+        activations and backward workspace of the chip's batch rows, the loss's head
+        gradient), 'forward' (weights, the MLP's hidden activation and the `[B, T, V]` logits
+        output in the compute dtype), 'decode' (weights, the KV cache of `cache_len` positions
+        (default T) and, scanned, its updated copy, and the `[B, 1, V]` logits).
       cache_len, remat, attention, optimizer, loss: see `vishwamai.analysis.memory`; the
         default optimizer is the package's own AdamW (moments in the parameter dtype).
 
@@ -341,12 +341,12 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
     else:
         T = seq_len if mode == "forward" else 1
         S = seq_len if mode == "forward" else (cache_len or seq_len)
-        layer = forward_working_set(c, batch=b_chip, seq_len=T, kv_len=S,
-                                    attention=attention or "flash")
-        if layout == "tensor":
-            stream = 3 * b_chip * T * c.hidden_dim * cb
-            layer = stream + (layer - stream) / width
-        out["workspace"] = layer
+        # Without autodiff XLA fuses each block's elementwise work into its matmuls and streams
+        # the rest; what must exist whole is the MLP's input projection [B, T, F] (2F gated)
+        # before the down projection reads it. (`forward_working_set`, the unfused live set,
+        # is what `plan` counts; on XLA:TPU it is several times the compiled scratch.)
+        wi = 2 if c.gated_mlp else 1
+        out["workspace"] = b_chip * T * wi * c.mlp_dim * cb / w["mlp"]
         out["logits"] = b_chip * T * c.vocab_size * cb / w["vocab"]
         if mode == "decode":
             out["kv_cache"] = kv_cache_bytes(c, b_chip, S) / w["kv_heads"]
