@@ -368,7 +368,8 @@ def merge(paths: list[str], out: str, command: str) -> dict:
             key = tuple(str(r.get(k)) for k in ("preset", "topology", "layout", "mode",
                                                 "batch_size", "seq_len", "dtype", "remat"))
             by_key[key] = r
-    rows = list(by_key.values())
+    # the planner's side recomputed with the current model (the compiler's side is the data)
+    rows = [with_analytic(r) if r["status"] != "error" else r for r in by_key.values()]
     payload = {"benchmark": "tpu_compile", "provenance": provenance(command), "rows": rows,
                "shards": [{"start": d.get("start", 0), "command": d["provenance"]["command"],
                            "date": d["provenance"]["date"], "elapsed_s": d.get("elapsed_s")}
