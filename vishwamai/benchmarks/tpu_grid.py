@@ -204,10 +204,13 @@ def agreement(rows: list[dict]) -> dict:
     n = len(rows)
     agree = sum(r["verdicts_agree"] for r in rows)
     ok = [r for r in rows if r["status"] == "ok"]
-    close = [r for r in ok if abs(r["analytic_over_compiler"] - 1) <= 0.15]
+    err = [abs(r["analytic_over_compiler"] - 1) for r in ok]
+    close = sum(e <= 0.15 for e in err)
     return {"rows": n, "verdicts_agree": agree, "verdict_agreement": agree / n if n else math.nan,
-            "compiled_ok": len(ok), "within_15pct": len(close),
-            "within_15pct_share": len(close) / len(ok) if ok else math.nan}
+            "compiled_ok": len(ok), "within_15pct": close,
+            "within_15pct_share": close / len(ok) if ok else math.nan,
+            "within_25pct_share": sum(e <= 0.25 for e in err) / len(ok) if ok else math.nan,
+            "worst_ratio_error": max(err) if err else math.nan}
 
 
 def provenance(command: str) -> dict:
