@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: book test setup clean nbval bench
+.PHONY: book test setup clean nbval bench colab-check
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,29 @@ test: $(STAMP)
 # The chapters again, cell by cell under nbval-lax (parametrised by papermill).
 nbval: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax book
+
+# Colab's TPU image (requirements-colab.txt): the package built as a wheel and installed the way
+# the chapters' install cell does (not editable), then the unit tests, and every chapter run as
+# Colab would (google.colab present, the install cell pointed at the wheel), from a copy of the
+# tests and chapters without the source tree, so only the installed package can be imported.
+COLAB_VENV  := .venv-colab
+COLAB_STAMP := $(COLAB_VENV)/.installed
+COLAB_DIR   := _build/colab-check
+
+$(COLAB_STAMP): requirements-colab.txt
+	test -x $(COLAB_VENV)/bin/python || $(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COLAB_VENV)/bin/python -m pip install --quiet -r requirements-colab.txt
+	touch $(COLAB_STAMP)
+
+colab-check: $(STAMP) $(COLAB_STAMP)
+	rm -rf $(COLAB_DIR) && mkdir -p $(COLAB_DIR)/dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w $(COLAB_DIR)/dist .
+	$(COLAB_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps $(COLAB_DIR)/dist/vishwamai-*.whl
+	cp -r tests book conftest.py _config.yml _toc.yml pyproject.toml $(COLAB_DIR)/
+	rm -rf $(COLAB_DIR)/book/_build $(COLAB_DIR)/book/.ci-*.ipynb
+	cd $(COLAB_DIR) && VISHWAMAI_COLAB_WHEEL=$$(ls $(CURDIR)/$(COLAB_DIR)/dist/vishwamai-*.whl) \
+		$(CURDIR)/$(COLAB_VENV)/bin/python -m pytest -n $(JOBS) -p no:cacheprovider --durations=10 tests
 
 clean:
 	rm -rf _build .pytest_cache book/.ci-*.ipynb

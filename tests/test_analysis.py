@@ -7,7 +7,7 @@ Tolerances (stated once):
   the compiler also counts elementwise work, which is what the 2% absorbs;
 - training FLOPs under each remat policy (hardware FLOPs): within 2% as well;
 - saved activations under each remat policy: within 1% of the compiler's bytes (defined in
-  `vishwamai.analysis.verify.saved_activations`), well inside the 15% the design allows.
+  `vishwamai.verify.saved_activations`), well inside the 15% the design allows.
 """
 from __future__ import annotations
 
@@ -18,15 +18,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vishwamai import verify
 from vishwamai.analysis import hardware as HW
-from vishwamai.analysis import masks, seed, verify
-from vishwamai.analysis.flops import (attention_mlp_crossover, compiled_flops, decode_flops, flops,
+from vishwamai.analysis import masks, seed
+from vishwamai.analysis.flops import (attention_mlp_crossover, decode_flops, flops,
                                       layer_flops)
 from vishwamai.analysis.memory import (activation_bytes, kv_cache_bytes, logits_bytes, memory,
                                        optimizer_bytes)
 from vishwamai.analysis.params import COMPONENTS, count_params
 from vishwamai.analysis.roofline import min_chips, plan, roofline, tokens_per_second
 from vishwamai.config import PRESETS, PUBLISHED_PARAMS, ModelConfig, seed_configs
+from vishwamai.measure import compiled_flops
 
 POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj")
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vishwamai.compat import jaxprs_in_params
 from vishwamai.kernels import attention as A
 
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 1.6e-2}
@@ -219,7 +220,7 @@ def _largest_intermediate(jaxpr) -> int:
     for eqn in jaxpr.eqns:
         for var in eqn.outvars:
             biggest = max(biggest, int(np.prod(getattr(var.aval, "shape", ()))))
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in jaxprs_in_params(eqn.params):
             biggest = max(biggest, _largest_intermediate(sub))
     return biggest
 

@@ -9,6 +9,7 @@ import pytest
 
 from vishwamai import bench
 from vishwamai.benchmarks import harness
+from vishwamai.measure import is_oom
 from vishwamai.benchmarks import model as mb
 
 
@@ -26,7 +27,7 @@ def test_out_of_memory_becomes_a_row():
     assert rows[2]["tokens_per_s"] == 80.0
     df = harness.results_frame(rows)
     assert list(df["status"]) == ["ok", "oom", "ok"] and math.isnan(df["tokens_per_s"][1])
-    assert harness.is_oom(MemoryError())
+    assert is_oom(MemoryError())
 
 
 def test_other_errors_are_not_swallowed():

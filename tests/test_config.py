@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vishwamai.config import PRESETS, PUBLISHED_PARAMS, ModelConfig, get_preset, seed_configs
+from vishwamai.config import (HF_CONFIG_PARAMS, PRESETS, PUBLISHED_PARAMS, ModelConfig, get_preset,
+                              hf_config, seed_configs)
 from vishwamai.model import VishwamAI
 from vishwamai.transformer import (EnhancedTransformerModel, TransformerModel,
                                    create_vishwamai_transformer)
@@ -59,6 +60,16 @@ BAD_INPUTS = [
     ("top_p zero", lambda: _generate(top_p=0.0, temperature=1.0), "top_p"),
     ("sampling without rng", lambda: _generate(temperature=0.7), "rng"),
     ("zero new tokens", lambda: _generate(max_new_tokens=0), "max_new_tokens"),
+    ("attention_mask shape", lambda: _generate(attention_mask=jnp.ones((1, 3))), "attention_mask"),
+    ("attention_mask values", lambda: _generate(attention_mask=jnp.full((1, 4), 2)),
+     "attention_mask"),
+    ("right padding", lambda: _generate(attention_mask=jnp.array([[1, 1, 0, 0]])), "left-padded"),
+    ("empty prompt row", lambda: _generate(attention_mask=jnp.zeros((1, 4))), "no token"),
+    ("prompt_lengths range", lambda: _generate(prompt_lengths=[5]), "prompt_lengths"),
+    ("mask and lengths", lambda: _generate(attention_mask=jnp.ones((1, 4)), prompt_lengths=[4]),
+     "not both"),
+    ("eos_id out of range", lambda: _generate(eos_id=256), "eos_id"),
+    ("pad_id negative", lambda: _generate(pad_id=-1), "pad_id"),
     ("enhanced model with layernorm",
      lambda: _init(EnhancedTransformerModel(PRESETS["gpt2"])), "EnhancedTransformerModel"),
 ]
@@ -123,9 +134,16 @@ def test_seed_runtime_key_and_hf_aliases():
     d = dict(seed_configs()["base"], batch_size=8)  # the seed's analyze_performance adds it
     assert ModelConfig.from_dict(d) == ModelConfig.from_dict(seed_configs()["base"])
     hf = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}
-    cfg = ModelConfig.from_dict(hf)
+          "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
+          "max_position_embeddings": 128}
+    # Size keys alone leave the family (norm, MLP, biases, positions) open: refused, not guessed.
+    with pytest.raises(ValueError, match="from_hf"):
+        ModelConfig.from_dict(hf)
+    # With its model_type the same dict is a Hugging Face config, read by from_hf.
+    cfg = ModelConfig.from_dict(dict(hf, model_type="llama"))
+    assert cfg == ModelConfig.from_hf(dict(hf, model_type="llama"))
     assert (cfg.hidden_dim, cfg.num_layers, cfg.num_kv_heads, cfg.mlp_dim) == (32, 2, 2, 64)
+    assert (cfg.mlp_activation, cfg.norm, cfg.tie_embeddings) == ("swiglu", "rmsnorm", False)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -144,3 +162,108 @@ def test_published_counts_cover_the_public_presets():
     assert set(PUBLISHED_PARAMS) == {"gpt2", "llama2_7b", "llama3_8b", "tinyllama_1_1b"}
     assert PUBLISHED_PARAMS == {"gpt2": 124_439_808, "llama2_7b": 6_738_415_616,
                                 "llama3_8b": 8_030_261_248, "tinyllama_1_1b": 1_100_048_384}
+
+
+# ---------------------------------------------------------------- Hugging Face configs
+def _llama_hf(**changes):
+    d = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 100,
+         "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128}
+    d.update(changes)
+    return d
+
+
+HF_REFUSALS = [
+    ("unsupported model_type", _llama_hf(model_type="gemma", architectures=None), "model_type"),
+    ("unsupported head", _llama_hf(architectures=["LlamaForSequenceClassification"]),
+     "architectures"),
+    ("mistral sliding window", dict(hf_config("mistral_7b_v0_1")), "sliding_window=4096"),
+    ("qwen2 sliding layers", dict(hf_config("qwen2_5_7b"), use_sliding_window=True,
+                                  sliding_window=4096, max_window_layers=2), "sliding_window"),
+    ("yarn rope", _llama_hf(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_type"),
+    ("dynamic rope", _llama_hf(rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_type"),
+    ("partial rotary", _llama_hf(partial_rotary_factor=0.5), "partial_rotary_factor"),
+    ("attention bias without mlp bias", _llama_hf(attention_bias=True), "attention_bias"),
+    ("gelu in a gated mlp", _llama_hf(hidden_act="gelu"), "hidden_act"),
+    ("gpt2 layer-scaled attention", dict(hf_config("gpt2"), scale_attn_by_inverse_layer_idx=True),
+     "scale_attn_by_inverse_layer_idx"),
+    ("gpt2 unknown activation", dict(hf_config("gpt2"), activation_function="swish"),
+     "activation_function"),
+    ("gpt2 max_seq_len override", (hf_config("gpt2"), 512), "n_positions"),
+    ("missing size", {k: v for k, v in _llama_hf().items() if k != "hidden_size"}, "hidden_size"),
+    ("not a config", 3.5, "config must be"),
+    ("no config.json", "/nonexistent/dir", "config.json"),
+]
+
+
+@pytest.mark.parametrize("desc,d,needle", HF_REFUSALS, ids=[r[0] for r in HF_REFUSALS])
+def test_from_hf_refuses_what_it_cannot_compute(desc, d, needle):
+    d, max_seq_len = d if isinstance(d, tuple) else (d, None)
+    with pytest.raises(ValueError) as exc:
+        ModelConfig.from_hf(d, max_seq_len=max_seq_len)
+    assert needle in str(exc.value), f"{desc}: {exc.value}"
+
+
+def test_from_hf_maps_every_field_and_ignores_harmless_keys():
+    d = _llama_hf(rms_norm_eps=1e-6, rope_theta=5e5, tie_word_embeddings=True, head_dim=16,
+                  torch_dtype="bfloat16", bos_token_id=1, initializer_range=0.02, use_cache=True,
+                  attention_dropout=0.1, pretraining_tp=2, transformers_version="4.43.0",
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+    cfg = ModelConfig.from_hf(d)
+    assert (cfg.vocab_size, cfg.hidden_dim, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
+            cfg.head_dim, cfg.mlp_dim, cfg.max_seq_len) == (100, 32, 2, 4, 2, 16, 64, 128)
+    assert (cfg.norm_eps, cfg.rope_theta, cfg.tie_embeddings, cfg.param_dtype) == (
+        1e-6, 5e5, True, "bfloat16")
+    assert (cfg.rope_scaling, cfg.rope_scaling_factor, cfg.rope_original_max_len) == (
+        "llama3", 8.0, 64)
+    assert (cfg.mlp_activation, cfg.norm, cfg.position, cfg.use_bias, cfg.qkv_bias) == (
+        "swiglu", "rmsnorm", "rope", False, False)
+    # transformers 5 writes rope_parameters (theta inside) instead of rope_theta/rope_scaling.
+    v5 = {k: v for k, v in d.items() if k not in ("rope_theta", "rope_scaling")}
+    v5["rope_parameters"] = dict(d["rope_scaling"], rope_theta=5e5)
+    assert ModelConfig.from_hf(v5) == cfg
+    assert ModelConfig.from_hf(_llama_hf(attention_bias=True, mlp_bias=True)).use_bias
+    gpt2 = ModelConfig.from_hf(dict(hf_config("gpt2"), activation_function="gelu"))
+    assert gpt2.mlp_activation == "gelu_exact"
+    qwen = ModelConfig.from_hf(hf_config("qwen2_5_7b"))
+    assert (qwen.qkv_bias, qwen.use_bias, qwen.norm_eps, qwen.rope_theta) == (True, False, 1e-6, 1e6)
+    # Mistral's 4096-token window is exact full attention within 4096 tokens.
+    assert ModelConfig.from_hf(hf_config("mistral_7b_v0_1"), max_seq_len=4096).max_seq_len == 4096
+
+
+def test_hf_configs_of_the_public_presets_equal_the_presets():
+    arch = ("vocab_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_dim",
+            "mlp_dim", "max_seq_len", "mlp_activation", "norm", "norm_eps", "position",
+            "rope_theta", "tie_embeddings", "use_bias")
+    for hf_name, preset in (("gpt2", "gpt2"), ("llama2_7b", "llama2_7b"),
+                            ("tinyllama_1_1b", "tinyllama_1_1b")):
+        cfg = ModelConfig.from_hf(hf_config(hf_name))
+        assert [getattr(cfg, f) for f in arch] == [getattr(PRESETS[preset], f) for f in arch]
+
+
+# The shipped configs that are no preset; the others equal a preset (test above), whose tree
+# test_every_preset_parameter_tree counts.
+@pytest.mark.parametrize("name", ["llama3_1_8b", "mistral_7b_v0_1", "qwen2_5_7b"])
+def test_shipped_hf_configs_have_their_published_counts(name):
+    """Counted from the real parameter tree (`jax.eval_shape`); tests/test_hf.py checks the
+    published figures against transformers' own models of these configs."""
+    cfg = ModelConfig.from_hf(hf_config(name), max_seq_len=4096 if "mistral" in name else None)
+    assert VishwamAI(cfg).num_params() == HF_CONFIG_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(HF_CONFIG_PARAMS))
+def test_to_hf_is_the_reverse_of_from_hf(name):
+    raw = hf_config(name)
+    cfg = ModelConfig.from_hf(raw, max_seq_len=4096 if "mistral" in name else None)
+    assert ModelConfig.from_hf(cfg.to_hf(raw["model_type"])) == cfg
+    assert PUBLISHED_PARAMS.get(name, HF_CONFIG_PARAMS[name]) == HF_CONFIG_PARAMS[name]
+
+
+def test_to_hf_refuses_what_the_family_cannot_express():
+    with pytest.raises(ValueError, match="mlp_activation"):
+        PRESETS["base"].to_hf()  # the seed's 2-matrix GELU MLP with RoPE: no such HF family
+    with pytest.raises(ValueError, match="use_bias"):
+        PRESETS["gpt2"].replace(use_bias=False).to_hf()
+    with pytest.raises(ValueError, match="model_type"):
+        PRESETS["tiny"].to_hf("gemma")

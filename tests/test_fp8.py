@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vishwamai.kernels import kernel as fp8
-from vishwamai.kernels.kernel import (FP8_E4M3, FP8_E5M2, SCALINGS, dequantize_fp8,
+from vishwamai.kernels import fp8
+from vishwamai.kernels.fp8 import (FP8_E4M3, FP8_E5M2, SCALINGS, dequantize_fp8,
                                       fp8_gemm_optimized, quantize_fp8, quantized_nbytes,
                                       reference_gemm, relative_error)
 
@@ -254,17 +254,17 @@ def test_tiny_model_trains_in_fp8_close_to_bf16():
 
 
 def test_fp8_weight_bytes_of_tiny():
-    from vishwamai.model import VishwamAI
+    from vishwamai.model import VishwamAI, fp8_weight_bytes, matmul_weight_shapes
 
     model = VishwamAI("tiny")
     params, axes = model.abstract_params(), model.param_axes()
-    shapes = fp8.matmul_weight_shapes(params, axes)
+    shapes = matmul_weight_shapes(params, axes)
     # The [K, N] views the Linear layer multiplies: q [D, N*H], out [N*H, D], fused gate+up.
     cfg = model.config
     assert shapes["['layer_0']['attention']['query']['kernel']"] == (cfg.hidden_dim, cfg.q_dim)
     assert shapes["['layer_0']['attention']['out']['kernel']"] == (cfg.q_dim, cfg.hidden_dim)
     assert shapes["['layer_0']['mlp']['wi']['kernel']"] == (cfg.hidden_dim, 2 * cfg.mlp_dim)
-    mem = fp8.fp8_weight_bytes(params, axes, "tensor")
+    mem = fp8_weight_bytes(params, axes, "tensor")
     assert mem["matmul_params"] + mem["other_params"] == model.num_params()
     assert mem["fp8_data"] == mem["matmul_params"] and mem["fp8_scales"] == 4 * len(shapes)
     assert mem["total"] == mem["fp8_data"] + mem["fp8_scales"] + 2 * mem["other_params"]

@@ -188,6 +188,77 @@ def test_greedy_generation_equals_iterated_argmax(model_and_params):
     np.testing.assert_array_equal(out, seq)
 
 
+def _left_pad(prompts, T, pad=0):
+    x = np.full((len(prompts), T), pad, np.int32)
+    mask = np.zeros((len(prompts), T), np.int32)
+    for b, p in enumerate(prompts):
+        x[b, T - len(p):] = p
+        mask[b, T - len(p):] = 1
+    return jnp.asarray(x), mask
+
+
+@pytest.fixture(scope="module")
+def padded_batch():
+    """Prompts of lengths 4, 7 and 4, left-padded to 7 (pad id 9, a real token id)."""
+    rng = np.random.RandomState(0)
+    prompts = [rng.randint(0, 256, n).astype(np.int32) for n in (4, 7, 4)]
+    x, mask = _left_pad(prompts, 7, pad=9)
+    model, params = VishwamAI(TINY), _tiny_params()
+    return prompts, x, mask, np.asarray(model.generate(params, x, 6, attention_mask=mask))
+
+
+def test_padded_batch_rows_equal_each_prompt_alone(padded_batch):
+    """The cached, left-padded path: every row generates what its prompt generates alone."""
+    model, params = VishwamAI(TINY), _tiny_params()
+    prompts, x, mask, out = padded_batch
+    # Alone: the two 4-token prompts unpadded (rows of a batch are independent), the 7-token one.
+    short = np.asarray(model.generate(params, jnp.asarray(np.stack([prompts[0], prompts[2]])), 6))
+    long = np.asarray(model.generate(params, jnp.asarray(prompts[1])[None], 6))
+    np.testing.assert_array_equal(out[[0, 2], 7:], short[:, 4:])
+    np.testing.assert_array_equal(out[1, 7:], long[0, 7:])
+    by_length = np.asarray(model.generate(params, x, 6, prompt_lengths=[4, 7, 4]))
+    np.testing.assert_array_equal(by_length, out)
+
+
+def test_padded_keys_are_masked(padded_batch):
+    """Changing the padding tokens changes nothing: padded keys are invisible. Without the mask
+    the padding is attended to and the continuations change; a full-length mask is the
+    unpadded path."""
+    model, params = VishwamAI(TINY), _tiny_params()
+    prompts, x, mask, out = padded_batch
+    other = jnp.where(jnp.asarray(mask) == 1, x, 200)
+    np.testing.assert_array_equal(
+        np.asarray(model.generate(params, other, 6, attention_mask=mask))[:, 7:], out[:, 7:])
+    unpadded = np.asarray(model.generate(params, x, 6))
+    assert not np.array_equal(unpadded[[0, 2], 7:], out[[0, 2], 7:])
+    np.testing.assert_array_equal(
+        np.asarray(model.generate(params, x, 6, attention_mask=np.ones_like(mask))), unpadded)
+
+
+def test_padded_full_forward_equals_alone(padded_batch):
+    """`logits(..., attention_mask=...)`: each real token's logits are those it has alone."""
+    model, params = VishwamAI(TINY), _tiny_params()
+    prompts, x, mask, _ = padded_batch
+    logits_fn = jax.jit(model.logits)
+    logits = np.asarray(logits_fn(params, x, attention_mask=jnp.asarray(mask)))
+    alone = np.asarray(logits_fn(params, jnp.asarray(np.stack([prompts[0], prompts[2]]))))
+    np.testing.assert_allclose(logits[[0, 2], 3:], alone, **F32_TOL)
+
+
+def test_rows_stop_at_eos(padded_batch):
+    model, params = VishwamAI(TINY), _tiny_params()
+    _, x, mask, free = padded_batch
+    eos = int(free[0, 7 + 2])  # row 0's third new token
+    out = np.asarray(model.generate(params, x, 6, attention_mask=mask, eos_id=eos, pad_id=1))
+    for b in range(3):
+        new, ref = out[b, 7:], free[b, 7:]
+        hits = np.flatnonzero(ref == eos)
+        stop = hits[0] if len(hits) else 6
+        np.testing.assert_array_equal(new[:stop + 1], ref[:stop + 1])  # up to and with EOS
+        assert (new[stop + 1:] == 1).all()                              # then padding
+    assert (out[0, 7 + 3:] == 1).all()
+
+
 def test_sampling_filters():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     rngs = jax.random.split(jax.random.PRNGKey(0), 400)
@@ -253,12 +324,14 @@ def test_model_accepts_a_preset_name_and_a_dict():
     assert isinstance(create_vishwamai_transformer("tiny").cfg, ModelConfig)
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2", "xl", "tinyllama_1_1b"])
+@pytest.mark.parametrize("name", ["tiny", "gpt2", "xl", "tinyllama_1_1b", "tiny_qkv_bias"])
 def test_tree_breakdown_equals_analytic_components(name):
     """Per component, the real tree and `analysis.count_params` agree (not just in total)."""
     from vishwamai.analysis import count_params
 
-    tree = VishwamAI(PRESETS[name].replace(attention_impl="reference")).param_breakdown()
-    analytic = count_params(PRESETS[name])
+    # Qwen2's layout: biases on q, k and v only.
+    cfg = PRESETS["tiny"].replace(qkv_bias=True) if name == "tiny_qkv_bias" else PRESETS[name]
+    tree = VishwamAI(cfg.replace(attention_impl="reference")).param_breakdown()
+    analytic = count_params(cfg)
     for component in ("embedding", "positions", "attention", "mlp", "norms", "head", "total"):
         assert tree[component] == analytic[component], component

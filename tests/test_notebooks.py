@@ -4,6 +4,7 @@
 CI parameters below injected by papermill.
 """
 import json
+import os
 import pathlib
 import re
 
@@ -27,6 +28,8 @@ CI_PARAMETERS = {
     "04_memory.ipynb": {},
     "05_performance.ipynb": {"preset": "tiny", "sweep_batches": [1, 4], "seq_len": 64,
                              "sweep_seq_len": 64, "repeats": 2, "headline_repeats": 1},
+    "06_serving.ipynb": {"preset": "tiny", "batches": [1], "prompt_len": 16, "contexts": [16],
+                         "new_tokens": 8, "repeats": 2, "full_calculator": False},
     "appendix_errata.ipynb": {},
 }
 
@@ -73,17 +76,25 @@ def test_chapter_structure(name):
         assert re.search(rf"^{key}\s*=", tagged[0].source, re.M), f"CI parameter {key} is not a parameter"
 
 
-def test_colab_install_cells_use_the_configured_repository():
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    for name in CHAPTERS:
-        src = (BOOK / name).read_text()
-        for found in re.findall(r"git\+(https://[^\s\"'\\]+)", src):
-            assert found == url, f"{name} installs from {found}, _config.yml says {url}"
+# Set by `make colab-check`: the chapters run as Colab runs them, `google.colab` importable and
+# the install cell pointed at the wheel built from this tree (VISHWAMAI_PACKAGE).
+COLAB_WHEEL = os.environ.get("VISHWAMAI_COLAB_WHEEL")
+
+
+def _as_on_colab(tmp_path, monkeypatch):
+    stub = tmp_path / "colab_stub" / "google" / "colab"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text('"""Stands in for Colab\'s module: the chapters only test for it."""\n')
+    path = os.pathsep.join(p for p in (str(stub.parents[1]), os.environ.get("PYTHONPATH")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.setenv("VISHWAMAI_PACKAGE", pathlib.Path(COLAB_WHEEL).resolve().as_uri())
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", CHAPTERS)
-def test_chapter_executes_with_ci_parameters(name, tmp_path):
+def test_chapter_executes_with_ci_parameters(name, tmp_path, monkeypatch):
+    if COLAB_WHEEL:
+        _as_on_colab(tmp_path, monkeypatch)
     out = tmp_path / name
     papermill.execute_notebook(
         str(BOOK / name), str(out), parameters=CI_PARAMETERS.get(name, {}),

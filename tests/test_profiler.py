@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vishwamai.benchmarks.harness import time_fn
+from vishwamai.measure import time_fn
 from vishwamai.profiler import DEFINITIONS, TPUProfiler
 
 
@@ -132,3 +132,16 @@ def test_seed_usage_with_a_trace(tmp_path):
     # Unwrapped code on CPU: no compiled memory analysis, no device memory_stats().
     assert math.isnan(metrics["memory_efficiency_mean"])
     assert "memory_efficiency_mean" in metrics["reasons"]
+
+
+def test_misspelt_option_is_named():
+    with pytest.raises(ValueError, match="log_dri"):
+        TPUProfiler({"log_dri": "tpu_profiles"})
+
+
+def test_region_handle_carries_its_time():
+    prof = TPUProfiler()
+    with prof.profile_region("sleep") as region:
+        time.sleep(0.01)
+    assert region.wall_s >= 0.01
+    assert region.wall_s == prof.get_metrics_summary()["regions"]["sleep"]["time_s_total"]

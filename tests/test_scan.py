@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vishwamai import sharding, train
-from vishwamai.analysis import verify
+from vishwamai import sharding, train, verify
 from vishwamai.analysis.params import count_params, tree_param_count
 from vishwamai.config import ModelConfig, get_preset
 from vishwamai.model import VishwamAI

@@ -143,3 +143,31 @@ def test_one_device_mesh_and_errors():
     with pytest.raises(ValueError, match="layout"):
         sharding.layout_shape("pipeline", 8)
     assert sharding.initialize_distributed() is False   # single process: nothing to do
+
+
+# Analytic collective bytes (vishwamai.analysis.comms) against the compiled program's, per
+# kind and layout. The compiled step keeps FSDP's gathered weights for the backward pass and
+# XLA:CPU reduces FSDP gradients with an all-reduce; q, k and v are separate projections.
+COMM_RTOL = 0.05
+COMPILED_AS = {"data": {}, "fsdp": {"grad_reduction": "all-reduce", "regather_backward": False},
+               "tensor": {"fused_qkv": False}}
+
+
+@pytest.mark.parametrize("layout", sharding.LAYOUTS)
+def test_analytic_collective_bytes_match_the_compiled_program(eight_devices, layout):
+    from vishwamai.analysis import comms
+    from vishwamai.config import ModelConfig
+    cfg = ModelConfig(vocab_size=256, num_layers=1, num_heads=8, num_kv_heads=8, head_dim=8,
+                      hidden_dim=64, mlp_dim=128, max_seq_len=64, mlp_activation="swiglu",
+                      tie_embeddings=False, attention_impl="reference", name="shard_test")
+    row = eight_devices["memory"][layout]
+    model = comms.collective_bytes(cfg, layout, n=8, batch=row["batch_size"],
+                                   seq_len=row["seq_len"], **COMPILED_AS[layout])
+    compiled = row["collective_bytes"]
+    for kind in comms.KINDS:
+        want = model["collectives"][kind]["bytes"]
+        if want == 0:
+            assert compiled[kind] == 0, (kind, compiled[kind])
+        else:
+            assert abs(compiled[kind] - want) <= COMM_RTOL * want, (kind, compiled[kind], want)
+    assert abs(sum(compiled.values()) - model["bytes"]) <= COMM_RTOL * model["bytes"]

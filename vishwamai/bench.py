@@ -18,14 +18,22 @@ benchmarks) into one file, inside a time budget.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from typing import Sequence
 
-from vishwamai.config import DTYPES, PRESETS, REMAT_POLICIES
+import pandas as pd
 
-EXTERNAL = {"attention": "vishwamai.benchmarks.attention", "gemm": "vishwamai.benchmarks.gemm"}
+from vishwamai.benchmarks import attention as attention_bench
+from vishwamai.aot import LibtpuMissingError
+from vishwamai.benchmarks import gemm as gemm_bench
+from vishwamai.benchmarks import tpu_grid
+from vishwamai.benchmarks import model as mb
+from vishwamai.benchmarks.harness import device_peak, results_frame, save_results
+from vishwamai.config import DTYPES, PRESETS, REMAT_POLICIES
+from vishwamai.measure import env_info
+
+EXTERNAL = {"attention": attention_bench, "gemm": gemm_bench}
 SECTIONS = ("forward", "train", *EXTERNAL)
 
 
@@ -96,13 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aot", help="compile for a TPU topology with XLA:TPU (needs libtpu; "
                        "nothing runs): per-chip memory, FLOPs, collectives, OOM verdicts, beside "
                        "the planner's bytes (vishwamai.benchmarks.tpu_grid)")
-    try:
-        from vishwamai.benchmarks import tpu_grid
-    except ImportError as e:
-        p.set_defaults(_missing=f"vishwamai.benchmarks.tpu_grid is not available: {e}")
-    else:
-        tpu_grid.add_arguments(p)
-        p.set_defaults(_module=tpu_grid)
+    tpu_grid.add_arguments(p)      # imports without libtpu; compiling needs it
+    p.set_defaults(_module=tpu_grid)
     p = sub.add_parser("report", help="the accelerator suite for the book, into one JSON file")
     p.add_argument("--out", required=True, help="JSON file (e.g. book/results/h100.json)")
     p.add_argument("--presets", type=_preset, nargs="+", default=["base", "large"])
@@ -113,23 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="which parts of the suite to run (default: all)")
     p.add_argument("--no-progress", action="store_true")
-    for name, module in EXTERNAL.items():
-        p = sub.add_parser(name, help=f"{name} benchmark ({module})")
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            p.set_defaults(_missing=f"{module} is not available: {e}")
-            continue
+    for name, mod in EXTERNAL.items():
+        p = sub.add_parser(name, help=f"{name} benchmark ({mod.__name__})")
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser
 
 
 def _print_table(rows, columns) -> None:
-    from vishwamai.benchmarks.harness import results_frame
     df = results_frame(rows)
     cols = [c for c in columns if c in df.columns]
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 30):
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df[cols].to_string(index=False))
 
 
@@ -138,8 +135,6 @@ _COLUMNS = ("kind", "model", "dtype", "remat", "batch_size", "seq_len", "status"
 
 
 def _run_model(args, kind: str) -> dict:
-    from vishwamai.benchmarks import model as mb
-    from vishwamai.benchmarks.harness import env_info, save_results
     kw = dict(dtype=args.dtype, attention_impl=args.attention_impl, repeats=args.repeats,
               warmup=args.warmup)
     rows = []
@@ -160,9 +155,7 @@ def _run_model(args, kind: str) -> dict:
 
 
 def _run_baseline(args) -> dict:
-    from vishwamai.benchmarks.harness import env_info, save_results
-    from vishwamai.benchmarks.model import versus_baseline
-    rows = versus_baseline(args.preset, args.batch, args.seq, dtype=args.dtype,
+    rows = mb.versus_baseline(args.preset, args.batch, args.seq, dtype=args.dtype,
                            repeats=args.repeats, progress=not args.no_progress)
     payload = {"kind": "baseline", "rows": rows, "env": env_info()}
     _print_table(rows, ("kind", "model", "batch_size", "seq_len", "median_s",
@@ -176,8 +169,6 @@ def _run_baseline(args) -> dict:
 def run_report(args) -> dict:
     """The accelerator suite: seed presets in bf16, forward and training sweeps, attention and
     GEMM benchmarks, each section skipped (and said so) once `budget_s` has been used."""
-    from vishwamai.benchmarks import model as mb
-    from vishwamai.benchmarks.harness import device_peak, env_info, save_results
     t_start = time.perf_counter()
     payload = {"kind": "report", "env": env_info(), "sections": {}, "skipped": []}
     peak = device_peak(args.dtype)
@@ -210,16 +201,11 @@ def run_report(args) -> dict:
                         peak=peak, repeats=3 if kind == "train" else 5, **kw)
         payload["sections"][name] = rows
         save_results(args.out, payload)          # keep what is done if a later part dies
-    for name, module in EXTERNAL.items():
+    for name, mod in EXTERNAL.items():
         if name not in args.sections:
             continue
         if not budget_left():
             payload["skipped"].append(name)
-            continue
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            payload["skipped"].append(f"{name} ({e})")
             continue
         sub = argparse.ArgumentParser()
         mod.add_arguments(sub)
@@ -245,10 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return _run_baseline(args)
     if args.command == "report":
         return run_report(args)
-    if getattr(args, "_missing", None):
-        parser.error(args._missing)
     if args.command == "aot":
-        from vishwamai.aot import LibtpuMissingError
         try:
             return args._module.main(args)
         except (LibtpuMissingError, ValueError) as e:   # a clear message, not a traceback

@@ -17,12 +17,18 @@ DTYPES = {
     "bfloat16": jnp.bfloat16,
     "float16": jnp.float16,
 }
-ACTIVATIONS = ("gelu", "swiglu", "geglu", "relu")
+# gelu: the tanh approximation (GPT-2's `gelu_new`); gelu_exact: the erf form (torch's default).
+ACTIVATIONS = ("gelu", "gelu_exact", "swiglu", "geglu", "relu")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned", "none")
 ATTENTION_IMPLS = ("auto", "reference", "flash", "xla", "cudnn", "pallas_tpu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj")
 FP8_SCALINGS = ("tensor", "row", "block")
+# The disjoint parameter components whose sum is the total (`analysis.count_params` computes
+# them from the config, `VishwamAI.param_breakdown` reads them off the real tree).
+PARAM_COMPONENTS = ("embedding", "positions", "attention_q", "attention_k", "attention_v",
+                    "attention_o", "mlp", "norms", "head")
+ROPE_SCALINGS = ("none", "linear", "llama3")  # see vishwamai.layers.rope.rope_inv_freq
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,17 @@ class ModelConfig:
     norm_eps: float = 1e-5
     position: str = "rope"  # rope | learned (absolute table of max_seq_len rows) | none
     rope_theta: float = 10_000.0
+    # Context-extension scaling of the RoPE frequencies (Hugging Face's `rope_scaling`):
+    # none | linear (all frequencies / factor) | llama3 (Llama 3.1's banded rule, which also
+    # reads the two freq factors and the pre-training context length).
+    rope_scaling: str = "none"
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     tie_embeddings: bool = True  # output head reuses the token embedding
     use_bias: bool = False  # biases in projections, MLP and LayerNorm
+    qkv_bias: bool = False  # biases on the q, k, v projections even without use_bias (Qwen2)
     dropout_rate: float = 0.0
     dtype: str = "float32"  # compute dtype (activations, matmul inputs, logits)
     param_dtype: str = "float32"  # storage dtype of parameters
@@ -83,7 +98,7 @@ class ModelConfig:
                 f"num_kv_heads={self.num_kv_heads}")
         choices = {"mlp_activation": ACTIVATIONS, "norm": NORMS, "position": POSITIONS,
                    "attention_impl": ATTENTION_IMPLS, "remat": REMAT_POLICIES,
-                   "fp8_scaling": FP8_SCALINGS}
+                   "fp8_scaling": FP8_SCALINGS, "rope_scaling": ROPE_SCALINGS}
         for f, allowed in choices.items():
             if getattr(self, f) not in allowed:
                 raise ValueError(
@@ -101,9 +116,23 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.norm_eps must be > 0; got {self.norm_eps!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"ModelConfig.rope_theta must be > 0; got {self.rope_theta!r}")
-        for f in ("tie_embeddings", "use_bias", "use_fp8", "scan_layers"):
+        for f in ("tie_embeddings", "use_bias", "qkv_bias", "use_fp8", "scan_layers"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"ModelConfig.{f} must be a bool; got {getattr(self, f)!r}")
+        if self.rope_scaling != "none":
+            for f in ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+                v = getattr(self, f)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                    raise ValueError(f"ModelConfig.{f} must be a number > 0; got {v!r}")
+            if self.rope_scaling == "llama3":
+                if not self.rope_high_freq_factor > self.rope_low_freq_factor:
+                    raise ValueError(
+                        f"ModelConfig.rope_high_freq_factor={self.rope_high_freq_factor} must "
+                        f"exceed rope_low_freq_factor={self.rope_low_freq_factor}")
+                v = self.rope_original_max_len
+                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                    raise ValueError(
+                        f"ModelConfig.rope_original_max_len must be a positive int; got {v!r}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -115,6 +144,23 @@ class ModelConfig:
     def kv_dim(self) -> int:
         """K*H: width of the concatenated key (or value) heads."""
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def attention_qkv_bias(self) -> bool:
+        """Whether the q, k and v projections carry a bias (`use_bias` or `qkv_bias`)."""
+        return self.use_bias or self.qkv_bias
+
+    @property
+    def rope_scaling_params(self) -> dict | None:
+        """The RoPE scaling in Hugging Face's `rope_scaling` format (None when unscaled)."""
+        if self.rope_scaling == "none":
+            return None
+        if self.rope_scaling == "linear":
+            return {"rope_type": "linear", "factor": float(self.rope_scaling_factor)}
+        return {"rope_type": "llama3", "factor": float(self.rope_scaling_factor),
+                "low_freq_factor": float(self.rope_low_freq_factor),
+                "high_freq_factor": float(self.rope_high_freq_factor),
+                "original_max_position_embeddings": self.rope_original_max_len}
 
     @property
     def gated_mlp(self) -> bool:
@@ -162,21 +208,26 @@ class ModelConfig:
 
         The seed's switches map onto fields: `use_enhanced` (True: RMSNorm, RoPE, flash attention;
         False: LayerNorm, learned positions, reference attention), then `use_rotary`,
-        `use_rms_norm`, `use_flash_attn` override the part they name. Hugging Face style names
-        (`hidden_size`, `num_hidden_layers`, ...) are accepted as aliases. `batch_size`, which the
+        `use_rms_norm`, `use_flash_attn` override the part they name. `batch_size`, which the
         seed's benchmark adds to its config, is a property of the input, not of the model: it is
-        accepted and ignored. Any other key raises `ValueError`.
+        accepted and ignored. A Hugging Face config (one with `model_type` or `architectures`)
+        goes to `from_hf`, the one reader of that format. Hugging Face size keys without
+        them (`hidden_size`, `num_hidden_layers`, ...) raise `ValueError`: the norm, MLP,
+        positions and biases they leave out differ between families. Any other key raises too.
         """
         if isinstance(d, ModelConfig):
             return d
         if not isinstance(d, Mapping):
             raise ValueError(f"config must be a ModelConfig or a dict; got {type(d).__name__}")
+        if "model_type" in d or "architectures" in d:
+            return cls.from_hf(d)
+        hf_keys = sorted(set(d) & set(HF_SIZE_KEYS))
+        if hf_keys:
+            raise ValueError(
+                f"config keys {hf_keys} are Hugging Face names: give the whole Hugging Face "
+                "config (with its model_type) to ModelConfig.from_hf, or use this class's field "
+                "names (hidden_dim, num_layers, num_heads, num_kv_heads, mlp_dim, max_seq_len)")
         d = dict(d)
-        for alias, name in _ALIASES.items():
-            if alias in d:
-                if name in d and d[name] != d[alias]:
-                    raise ValueError(f"config gives both {alias}={d[alias]!r} and {name}={d[name]!r}")
-                d[name] = d.pop(alias)
         for k in _IGNORED_KEYS:
             d.pop(k, None)
         if "preset" in d:
@@ -212,19 +263,324 @@ class ModelConfig:
             raise ValueError(f"config is missing required keys {missing}")
         return cls(**d)
 
+    # ------------------------------------------------------------------ Hugging Face format
+    @classmethod
+    def from_hf(cls, config, *, max_seq_len: int | None = None, **overrides) -> "ModelConfig":
+        """Reads a Hugging Face `config.json` of the GPT-2, Llama, Mistral or Qwen2 family.
+
+        Every architecture key is mapped (sizes, heads, kv heads, head_dim, norm eps, RoPE theta
+        and scaling, tied head, activation, biases, learned positions). The sizes (vocab,
+        width, depth, heads, MLP width) are required; other keys absent from the file take
+        transformers' defaults for that family. Keys that do not change the
+        computed function (token ids, dropout rates, `torch_dtype` beyond choosing the
+        dtypes, bookkeeping) are ignored. Keys whose value would change it in a way this
+        package does not implement raise `ValueError` naming them: sliding-window attention
+        that can bite, RoPE types other than default/linear/llama3, partial rotary
+        embeddings, GPT-2's attention-scaling variants, bias layouts other than none, all,
+        or q/k/v only, and any other model_type or head (`architectures`).
+
+        Args:
+          config: a dict, a path to a `config.json` or to a directory holding one, or an object
+            with `to_dict()` (a transformers `PretrainedConfig`).
+          max_seq_len: use the model up to this length instead of `max_position_embeddings`
+            (Mistral-7B-v0.1's 4096-token sliding window is exact full attention up to 4096).
+          **overrides: `ModelConfig` fields to set afterwards (e.g. `attention_impl`, `dtype`).
+        Returns:
+          The `ModelConfig`; `dtype` and `param_dtype` are the file's `torch_dtype` (or `dtype`)
+          when it is one of float32, bfloat16, float16, else float32.
+        """
+        d = _read_hf_config(config)
+        fields = _hf_fields(d, max_seq_len)
+        return cls(**fields).replace(**overrides) if overrides else cls(**fields)
+
+    def to_hf(self, model_type: str | None = None) -> dict:
+        """This config as a Hugging Face `config.json` dict (the reverse of `from_hf`).
+
+        Args:
+          model_type: 'gpt2', 'llama', 'mistral' or 'qwen2'; None picks the family the fields
+            describe (learned positions + LayerNorm: gpt2; q/k/v-only biases: qwen2; else llama).
+        Raises:
+          ValueError naming the first field that the family cannot express.
+        """
+        return _to_hf(self, model_type)
+
 
 SEED_KEYS = ("vocab_size", "num_layers", "num_heads", "head_dim", "hidden_dim", "mlp_dim",
              "max_seq_len", "dropout_rate", "use_enhanced", "use_rotary", "use_flash_attn",
              "use_rms_norm", "dtype")
-_ALIASES = {
-    "hidden_size": "hidden_dim",
-    "num_hidden_layers": "num_layers",
-    "num_attention_heads": "num_heads",
-    "num_key_value_heads": "num_kv_heads",
-    "intermediate_size": "mlp_dim",
-    "max_position_embeddings": "max_seq_len",
-}
+# Hugging Face size keys: in a dict without model_type they are an error, not an alias.
+HF_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "max_position_embeddings", "n_embd", "n_layer", "n_head",
+                "n_positions", "n_inner")
 _IGNORED_KEYS = ("batch_size",)
+
+# ---------------------------------------------------------------------- Hugging Face configs
+HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+HF_ARCHITECTURES = {
+    "GPT2LMHeadModel": "gpt2", "GPT2Model": "gpt2",
+    "LlamaForCausalLM": "llama", "LlamaModel": "llama",
+    "MistralForCausalLM": "mistral", "MistralModel": "mistral",
+    "Qwen2ForCausalLM": "qwen2", "Qwen2Model": "qwen2",
+}
+_CAUSAL_LM = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
+              "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# transformers' defaults for keys a config.json may leave out.
+_HF_DEFAULTS = {
+    "gpt2": {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+             "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+             "tie_word_embeddings": True},
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
+              "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+              "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
+    "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+                "tie_word_embeddings": False, "sliding_window": 4096},
+    "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+              "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+              "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": None,
+              "max_window_layers": 28},
+}
+# GPT-2's activation_function -> mlp_activation; a gated family's hidden_act -> mlp_activation.
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact",
+                     "relu": "relu"}
+_GATED_ACTIVATIONS = {"silu": "swiglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
+
+
+def _read_hf_config(config) -> dict:
+    import json
+    import os
+
+    if hasattr(config, "to_dict") and not isinstance(config, Mapping):
+        config = config.to_dict()
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"no Hugging Face config.json at config={os.fspath(config)!r}")
+        with open(path) as f:
+            config = json.load(f)
+    if not isinstance(config, Mapping):
+        raise ValueError("config must be a dict, a path to config.json (or its directory), or a "
+                         f"PretrainedConfig; got {type(config).__name__}")
+    return dict(config)
+
+
+def _hf_int(d, key) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"Hugging Face config key {key!r} must be a positive int; got {v!r}")
+    return v
+
+
+def _hf_model_type(d) -> str:
+    model_type = d.get("model_type")
+    archs = d.get("architectures") or []
+    if isinstance(archs, str):
+        archs = [archs]
+    if model_type is None and archs:
+        model_type = HF_ARCHITECTURES.get(archs[0])
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(f"Hugging Face model_type={d.get('model_type')!r} (architectures="
+                         f"{list(archs)}) is not supported; accepted model_type: {HF_MODEL_TYPES}")
+    bad = [a for a in archs if HF_ARCHITECTURES.get(a) != model_type]
+    if bad:
+        accepted = sorted(a for a, t in HF_ARCHITECTURES.items() if t == model_type)
+        raise ValueError(f"Hugging Face architectures={bad} is not supported for "
+                         f"model_type={model_type!r}; accepted: {accepted}")
+    return model_type
+
+
+def _hf_refuse(key, value, why):
+    raise ValueError(f"Hugging Face config key {key}={value!r} is not supported: {why}")
+
+
+def _hf_rope(d) -> dict:
+    """RoPE theta and scaling fields from either `rope_theta` + `rope_scaling` (transformers 4)
+    or `rope_parameters` (transformers 5)."""
+    params = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if not isinstance(params, Mapping):
+        _hf_refuse("rope_scaling", params, "expected a dict or null")
+    if params and all(isinstance(v, Mapping) for v in params.values()):
+        _hf_refuse("rope_parameters", params, "one RoPE per layer type is not implemented")
+    theta = params.get("rope_theta", d.get("rope_theta", 10_000.0))
+    partial = params.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        _hf_refuse("partial_rotary_factor", partial, "RoPE is applied to the whole head")
+    kind = params.get("rope_type", params.get("type", "default")) or "default"
+    out = {"rope_theta": float(theta)}
+    if kind == "default":
+        return out
+    if kind not in ("linear", "llama3"):
+        _hf_refuse("rope_type", kind, "accepted: ('default', 'linear', 'llama3')")
+    out.update(rope_scaling=kind, rope_scaling_factor=float(params["factor"]))
+    if kind == "llama3":
+        original = params.get("original_max_position_embeddings",
+                              d.get("original_max_position_embeddings",
+                                    d.get("max_position_embeddings")))
+        out.update(rope_low_freq_factor=float(params["low_freq_factor"]),
+                   rope_high_freq_factor=float(params["high_freq_factor"]),
+                   rope_original_max_len=int(original))
+    return out
+
+
+def _hf_window(window, max_len):
+    """Refuses sliding-window attention unless the window covers every usable position."""
+    if window is None or window >= max_len:
+        return
+    _hf_refuse("sliding_window", window,
+               f"sliding-window attention is not implemented and the window is shorter than "
+               f"max_seq_len={max_len}; pass max_seq_len <= {window} to from_hf to use the model "
+               f"within its window, where full causal attention computes the same function")
+
+
+_HF_REQUIRED = {
+    "gpt2": ("vocab_size", "n_embd", "n_layer", "n_head"),
+    "llama": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "intermediate_size"),
+}
+
+
+def _hf_fields(d, max_seq_len=None) -> dict:
+    model_type = _hf_model_type(d)
+    required = _HF_REQUIRED["gpt2" if model_type == "gpt2" else "llama"]
+    missing = [k for k in required if d.get(k) is None]
+    if missing:
+        raise ValueError(f"Hugging Face {model_type} config is missing required keys {missing}")
+    d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None
+                                        or k in ("n_inner", "num_key_value_heads",
+                                                 "sliding_window", "head_dim")}}
+    dtype = d.get("dtype") or d.get("torch_dtype")
+    dtype = dtype if dtype in DTYPES else "float32"
+    out = {"dtype": dtype, "param_dtype": dtype, "dropout_rate": 0.0, "name": model_type,
+           "tie_embeddings": d["tie_word_embeddings"]}
+    if not isinstance(out["tie_embeddings"], bool):
+        raise ValueError("Hugging Face config key 'tie_word_embeddings' must be a bool; got "
+                         f"{out['tie_embeddings']!r}")
+    if model_type == "gpt2":
+        D, N = _hf_int(d, "n_embd"), _hf_int(d, "n_head")
+        if D % N:
+            raise ValueError(f"Hugging Face config n_embd={D} is not divisible by n_head={N}")
+        act = d["activation_function"]
+        if act not in _GPT2_ACTIVATIONS:
+            _hf_refuse("activation_function", act, f"accepted: {tuple(_GPT2_ACTIVATIONS)}")
+        for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                        ("add_cross_attention", False)):
+            if d.get(key, ok) != ok:
+                _hf_refuse(key, d[key], f"only {key}={ok} is implemented")
+        length = _hf_int(d, "n_positions")
+        out.update(vocab_size=_hf_int(d, "vocab_size"), num_layers=_hf_int(d, "n_layer"),
+                   num_heads=N, num_kv_heads=N, head_dim=D // N, hidden_dim=D,
+                   mlp_dim=d["n_inner"] if d["n_inner"] is not None else 4 * D,
+                   max_seq_len=length, mlp_activation=_GPT2_ACTIVATIONS[act], norm="layernorm",
+                   norm_eps=float(d["layer_norm_epsilon"]), position="learned", use_bias=True)
+        if max_seq_len is not None and max_seq_len != length:
+            _hf_refuse("n_positions", length, f"the learned position table fixes max_seq_len; "
+                       f"got max_seq_len={max_seq_len!r}")
+        return out
+
+    D, N = _hf_int(d, "hidden_size"), _hf_int(d, "num_attention_heads")
+    L = _hf_int(d, "num_hidden_layers")
+    K = d["num_key_value_heads"] if d["num_key_value_heads"] is not None else N
+    H = d.get("head_dim") or D // N  # transformers: `getattr(config, "head_dim", None) or D // N`
+    act = d["hidden_act"]
+    if act not in _GATED_ACTIVATIONS:
+        _hf_refuse("hidden_act", act, f"accepted: {tuple(_GATED_ACTIVATIONS)}")
+    length = _hf_int(d, "max_position_embeddings")
+    if max_seq_len is not None:
+        if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len <= 0:
+            raise ValueError(f"max_seq_len must be a positive int or None; got {max_seq_len!r}")
+        length = max_seq_len
+    use_bias, qkv_bias = False, model_type == "qwen2"
+    if model_type == "llama":
+        attn_bias, mlp_bias = d["attention_bias"], d["mlp_bias"]
+        if attn_bias != mlp_bias:
+            _hf_refuse("attention_bias", attn_bias,
+                       f"with mlp_bias={mlp_bias!r}: biases go on all projections or on none")
+        use_bias = bool(attn_bias)
+    elif d.get("attention_bias") or d.get("mlp_bias"):
+        key = "attention_bias" if d.get("attention_bias") else "mlp_bias"
+        _hf_refuse(key, d[key], f"{model_type} has no such biases")
+    layer_types = d.get("layer_types") or []
+    if model_type == "mistral":
+        _hf_window(d["sliding_window"], length)
+    elif model_type == "qwen2":
+        sliding = any(t != "full_attention" for t in layer_types) or (
+            d["use_sliding_window"] and d["max_window_layers"] < L)
+        if sliding:
+            _hf_window(d["sliding_window"], length)
+    elif any(t != "full_attention" for t in layer_types):
+        _hf_refuse("layer_types", layer_types, "only full_attention layers are implemented")
+    out.update(vocab_size=_hf_int(d, "vocab_size"), num_layers=L, num_heads=N, num_kv_heads=K,
+               head_dim=H, hidden_dim=D, mlp_dim=_hf_int(d, "intermediate_size"),
+               max_seq_len=length, mlp_activation=_GATED_ACTIVATIONS[act], norm="rmsnorm",
+               norm_eps=float(d["rms_norm_eps"]), position="rope", use_bias=use_bias,
+               qkv_bias=qkv_bias, **_hf_rope(d))
+    return out
+
+
+def _to_hf(cfg: "ModelConfig", model_type: str | None) -> dict:
+    if model_type is None:
+        if cfg.position == "learned" or cfg.norm == "layernorm":
+            model_type = "gpt2"
+        elif cfg.qkv_bias and not cfg.use_bias:
+            model_type = "qwen2"
+        else:
+            model_type = "llama"
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(f"model_type={model_type!r} is not one of {HF_MODEL_TYPES}")
+
+    def need(field, ok, accepted):
+        if not ok:
+            raise ValueError(f"ModelConfig.{field}={getattr(cfg, field)!r} cannot be written as "
+                             f"a Hugging Face {model_type} config; it needs {accepted}")
+
+    out = {"architectures": [_CAUSAL_LM[model_type]], "model_type": model_type,
+           "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
+           "torch_dtype": cfg.param_dtype}
+    if model_type == "gpt2":
+        act = {v: k for k, v in _GPT2_ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
+        need("position", cfg.position == "learned", "'learned'")
+        need("norm", cfg.norm == "layernorm", "'layernorm'")
+        need("use_bias", cfg.use_bias, "True")
+        need("mlp_activation", cfg.mlp_activation in act, f"one of {tuple(act)}")
+        need("num_kv_heads", cfg.num_kv_heads == cfg.num_heads, f"= num_heads={cfg.num_heads}")
+        need("head_dim", cfg.q_dim == cfg.hidden_dim, f"num_heads * head_dim = hidden_dim")
+        need("rope_scaling", cfg.rope_scaling == "none", "'none'")
+        out.update(n_embd=cfg.hidden_dim, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+                   n_inner=cfg.mlp_dim, n_positions=cfg.max_seq_len, n_ctx=cfg.max_seq_len,
+                   activation_function=act[cfg.mlp_activation],
+                   layer_norm_epsilon=cfg.norm_eps, scale_attn_weights=True,
+                   scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
+        return out
+    hidden_act = {v: k for k, v in _GATED_ACTIVATIONS.items() if k != "gelu_new"}
+    need("position", cfg.position == "rope", "'rope'")
+    need("norm", cfg.norm == "rmsnorm", "'rmsnorm'")
+    need("mlp_activation", cfg.mlp_activation in hidden_act, f"one of {tuple(hidden_act)}")
+    if model_type == "qwen2":
+        need("use_bias", not cfg.use_bias, "False (q/k/v biases only)")
+        need("qkv_bias", cfg.qkv_bias, "True")
+    else:
+        need("qkv_bias", not cfg.qkv_bias or cfg.use_bias, "False (or use_bias=True)")
+    if model_type == "mistral":
+        need("use_bias", not cfg.use_bias, "False")
+    out.update(hidden_size=cfg.hidden_dim, intermediate_size=cfg.mlp_dim,
+               num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+               num_key_value_heads=cfg.num_kv_heads, hidden_act=hidden_act[cfg.mlp_activation],
+               max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+               rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling_params,
+               head_dim=cfg.head_dim)
+    if model_type == "llama":
+        out.update(attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias)
+    elif model_type == "mistral":
+        out["sliding_window"] = None
+    else:
+        out.update(use_sliding_window=False, sliding_window=None,
+                   max_window_layers=cfg.num_layers)
+    return out
 
 
 def _seed(name, **dims) -> ModelConfig:
@@ -283,6 +639,29 @@ PUBLISHED_PARAMS = {
 }
 
 SEED_PRESETS = ("base", "large", "xl", "xxl")
+
+# Public Hugging Face config.json files shipped in vishwamai/data/hf_configs, and the parameter
+# counts their model cards publish (the safetensors index totals: bytes / 2 for bf16 and fp16).
+HF_CONFIG_PARAMS = {
+    "gpt2": 124_439_808,
+    "llama2_7b": 6_738_415_616,
+    "llama3_1_8b": 8_030_261_248,
+    "mistral_7b_v0_1": 7_241_732_096,
+    "qwen2_5_7b": 7_615_616_512,
+    "tinyllama_1_1b": 1_100_048_384,
+}
+
+
+def hf_config(name: str) -> dict:
+    """The shipped Hugging Face `config.json` called `name` (see `HF_CONFIG_PARAMS`), as a dict."""
+    import json
+    from importlib import resources
+
+    if name not in HF_CONFIG_PARAMS:
+        raise ValueError(f"unknown shipped Hugging Face config {name!r}; accepted: "
+                         f"{sorted(HF_CONFIG_PARAMS)}")
+    path = resources.files("vishwamai").joinpath("data", "hf_configs", f"{name}.json")
+    return json.loads(path.read_text())
 
 
 def get_preset(name: str) -> ModelConfig:

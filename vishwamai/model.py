@@ -2,22 +2,21 @@
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from vishwamai.config import ModelConfig, get_preset
+from vishwamai import hf
+from vishwamai.config import PARAM_COMPONENTS, ModelConfig, as_config
+from vishwamai.kernels.fp8 import quantized_nbytes
 from vishwamai.transformer import (SCAN_NAME, create_vishwamai_transformer, stack_layers,
                                    unstack_layers)
-
-
-def _to_config(config) -> ModelConfig:
-    if isinstance(config, str):
-        return get_preset(config)
-    return ModelConfig.from_dict(config)
 
 
 def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
@@ -68,10 +67,45 @@ def _check_sampling(temperature, top_k, top_p, vocab_size):
         raise ValueError(f"top_p must be in (0, 1] or None; got {top_p!r}")
 
 
-TREE_COMPONENTS = ("embedding", "positions", "attention", "mlp", "norms", "head")
+def _check_mask(attention_mask, shape, *, left_padded: bool):
+    """`attention_mask` (1 = token, 0 = padding) as a bool numpy `[B, T]`, checked."""
+    mask = np.asarray(attention_mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"attention_mask must have the prompt's shape [B, T]={list(shape)}; got "
+                         f"{list(mask.shape)}")
+    if mask.dtype != np.bool_:
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        mask = mask.astype(bool)
+    if not mask.any(axis=1).all():
+        raise ValueError(f"attention_mask rows {np.flatnonzero(~mask.any(axis=1)).tolist()} "
+                         "hold no token")
+    if left_padded and (np.diff(mask.astype(np.int8), axis=1) < 0).any():
+        raise ValueError("attention_mask must be left-padded (each row: zeros, then ones); "
+                         f"rows {np.flatnonzero((np.diff(mask.astype(np.int8), axis=1) < 0).any(axis=1)).tolist()} are not")
+    return mask
+
+
+def _mask_positions(mask_BT):
+    """Positions that start at 0 at each row's first token (0 on the padding before it)."""
+    return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def _check_token_id(name, value, vocab_size, *, allow_many: bool = False):
+    values = value if (allow_many and isinstance(value, (list, tuple))) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < vocab_size:
+            kind = "an int or a list of ints" if allow_many else "an int"
+            raise ValueError(f"{name} must be {kind} in [0, {vocab_size}); got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+_ATTENTION_PARTS = {"query": "attention_q", "key": "attention_k", "value": "attention_v",
+                    "out": "attention_o"}
 
 
 def _component(path) -> str:
+    """The `PARAM_COMPONENTS` entry a parameter belongs to, from its path in the tree."""
     keys = [getattr(k, "key", str(k)) for k in path]
     if keys[0] == "token_embed":
         return "embedding"
@@ -80,7 +114,9 @@ def _component(path) -> str:
     if keys[0] == "lm_head":
         return "head"
     if "attention" in keys:
-        return "attention"
+        part = keys[keys.index("attention") + 1]
+        if part in _ATTENTION_PARTS:
+            return _ATTENTION_PARTS[part]
     if "mlp" in keys:
         return "mlp"
     if any(k.endswith("norm") for k in keys):
@@ -104,7 +140,7 @@ class VishwamAI:
     """
 
     def __init__(self, config: ModelConfig | Mapping[str, Any] | str = "tiny"):
-        self.config = _to_config(config)
+        self.config = as_config(config)
         self.module = create_vishwamai_transformer(self.config)
 
     # ------------------------------------------------------------------ parameters
@@ -140,22 +176,105 @@ class VishwamAI:
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_params()))
 
-    def param_breakdown(self) -> dict:
+    def param_breakdown(self, *, split_attention: bool = False) -> dict:
         """Parameters per component, read off the real tree (`jax.eval_shape`: no memory).
 
-        Components: embedding, positions, attention (q, k, v, o), mlp, norms, head; plus total.
+        Components: embedding, positions, attention (q, k, v and o summed, or apart as
+        attention_q/k/v/o with `split_attention`), mlp, norms, head; plus total. The same
+        components, `config.PARAM_COMPONENTS`, as `analysis.count_params`.
         """
-        counts = dict.fromkeys(TREE_COMPONENTS, 0)
+        counts = dict.fromkeys(PARAM_COMPONENTS, 0)
         for path, leaf in jax.tree_util.tree_leaves_with_path(self.abstract_params()):
             counts[_component(path)] += leaf.size
-        counts["total"] = sum(counts[c] for c in TREE_COMPONENTS)
-        return counts
+        counts["total"] = sum(counts.values())
+        if split_attention:
+            return counts
+        merged: dict = {}
+        for name, n in counts.items():
+            key = "attention" if name.startswith("attention_") else name
+            merged[key] = merged.get(key, 0) + n
+        return merged
+
+    # ------------------------------------------------------------------ Hugging Face
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype: str | None = None,
+                        param_dtype: str | None = None, shardings=None,
+                        max_seq_len: int | None = None, **overrides):
+        """Loads a Hugging Face checkpoint directory (GPT-2, Llama, Mistral, Qwen2 families).
+
+        Reads `config.json` (`ModelConfig.from_hf`) and the weights (`model.safetensors`, or the
+        shards a `model.safetensors.index.json` lists), streamed tensor by tensor. No network.
+
+        Args:
+          path: the local directory.
+          dtype: compute dtype (default: the checkpoint's `torch_dtype`, float32 if unknown).
+          param_dtype: storage dtype the weights are cast to (same default).
+          shardings: None; one `jax.sharding.Sharding`; a tree of them shaped like the
+            parameters; or a callable taking the `VishwamAI` model and returning such a tree,
+            e.g. `lambda m: vishwamai.sharding.param_shardings(m, mesh)`.
+          max_seq_len: use the model up to this length (see `ModelConfig.from_hf`).
+          **overrides: further `ModelConfig` fields (e.g. `attention_impl`).
+        Returns:
+          `(model, params)`.
+        """
+        path = os.fspath(path)
+        config_file = os.path.join(path, "config.json")
+        if not os.path.isfile(config_file):
+            raise ValueError(f"no config.json in path={path!r} (a local checkpoint directory)")
+        with open(config_file) as f:
+            raw = json.load(f)
+        changes = dict(overrides)
+        if dtype is not None:
+            changes["dtype"] = dtype
+        if param_dtype is not None:
+            changes["param_dtype"] = param_dtype
+        cfg = ModelConfig.from_hf(raw, max_seq_len=max_seq_len, **changes)
+        if raw.get("scan_layers") or getattr(cfg, "scan_layers", False):
+            raise ValueError("scan_layers=True (layers stacked on one axis) is not supported by "
+                             "from_pretrained; load with scan_layers=False")
+        model = cls(cfg)
+        if callable(shardings) and not isinstance(shardings, jax.sharding.Sharding):
+            shardings = shardings(model)
+        params = hf.load_state_dict(cfg, hf.safetensors_files(path),
+                                    model_type=raw.get("model_type"), shardings=shardings)
+        want = jax.tree_util.tree_structure(model.abstract_params())
+        if jax.tree_util.tree_structure(params) != want:
+            raise ValueError(f"the checkpoint's parameter tree does not match the model's: "
+                             f"{jax.tree_util.tree_structure(params)} != {want}")
+        return model, params
+
+    def save_pretrained(self, directory: str | os.PathLike, params, *,
+                        model_type: str | None = None, max_shard_bytes: int | None = None):
+        """Writes a Hugging Face checkpoint (`config.json` + safetensors) that transformers'
+        `from_pretrained` loads; see `vishwamai.hf.save_pretrained`. Returns the files."""
+        return hf.save_pretrained(directory, self.config, params, model_type=model_type,
+                                  max_shard_bytes=max_shard_bytes)
+
+    def to_hf_state_dict(self, params, *, model_type: str | None = None) -> dict:
+        """The parameters as a Hugging Face state dict of numpy arrays (names as transformers')."""
+        return hf.to_hf_state_dict(self.config, params, model_type=model_type)
 
     # ------------------------------------------------------------------ forward and loss
-    def logits(self, params, tokens_BT, *, train: bool = False, rng=None):
-        """`[B, T, V]` logits in the compute dtype."""
+    def logits(self, params, tokens_BT, *, train: bool = False, rng=None, attention_mask=None):
+        """`[B, T, V]` logits in the compute dtype.
+
+        `attention_mask` (optional `[B, T]`, 1 = token, 0 = padding): padding keys are masked and
+        positions count tokens only, so a left-padded row computes what it computes alone (the
+        padding rows' own logits are meaningless). Its values are checked unless it is traced.
+        """
         rngs = {"dropout": rng} if train else None
-        return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs)
+        if attention_mask is None:
+            return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs)
+        if isinstance(attention_mask, jax.core.Tracer):  # under jit: only the shape is known
+            if attention_mask.shape != jnp.shape(tokens_BT):
+                raise ValueError(f"attention_mask must have the tokens' shape [B, T]="
+                                 f"{list(jnp.shape(tokens_BT))}; got {list(attention_mask.shape)}")
+            mask_BT = attention_mask.astype(bool)
+        else:
+            mask_BT = jnp.asarray(_check_mask(attention_mask, jnp.shape(tokens_BT),
+                                              left_padded=False))
+        return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs,
+                                 positions_BT=_mask_positions(mask_BT), kv_valid_BS=mask_BT)
 
     def hidden(self, params, tokens_BT, *, train: bool = False, rng=None):
         """`[B, T, D]` final-normed hidden states (the input of the output head)."""
@@ -177,23 +296,39 @@ class VishwamAI:
             functools.partial(self.module.init, decode=True), jax.random.PRNGKey(0), tokens)
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
-    def decode_step(self, params, cache, tokens_BT):
-        """Runs `tokens_BT` through the model against `cache`; returns (logits, new cache)."""
+    def decode_step(self, params, cache, tokens_BT, *, positions_BT=None, kv_valid_BS=None):
+        """Runs `tokens_BT` through the model against `cache`; returns (logits, new cache).
+
+        `positions_BT` and `kv_valid_BS` (`[B, S]` over the whole cache) serve padded batches;
+        see `TransformerModel.__call__`.
+        """
         logits, mutated = self.module.apply({"params": params, "cache": cache}, tokens_BT,
-                                            decode=True, mutable=["cache"])
+                                            decode=True, mutable=["cache"],
+                                            positions_BT=positions_BT, kv_valid_BS=kv_valid_BS)
         return logits, mutated["cache"]
 
     def generate(self, params, prompt_BT, max_new_tokens: int, *, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, rng=None):
+                 top_k: int | None = None, top_p: float | None = None, rng=None,
+                 attention_mask=None, prompt_lengths=None,
+                 eos_id: int | Sequence[int] | None = None, pad_id: int = 0):
         """Autoregressive generation with the KV cache, the whole loop in one jitted program.
 
-        The prompt is prefilled in one call; each new token is one cached decode step.
+        The prompt is prefilled in one call; each new token is one cached decode step. Prompts
+        of different lengths come left-padded, described by `attention_mask` or
+        `prompt_lengths`: each row's positions start at 0 at its first token and its padding
+        keys are masked, so every row generates what it would generate alone.
 
         Args:
-          prompt_BT: `[B, T]` int prompt (all rows the same length).
+          prompt_BT: `[B, T]` int prompt.
           max_new_tokens: tokens to append; `T + max_new_tokens <= max_seq_len`.
           temperature, top_k, top_p: see `sample_logits` (temperature 0 = greedy).
           rng: PRNG key, required when temperature > 0.
+          attention_mask: optional `[B, T]` of 0 (padding) / 1 (token), left-padded.
+          prompt_lengths: optional `[B]` ints in [1, T]: row b's prompt is its last
+            prompt_lengths[b] tokens (the alternative to `attention_mask`).
+          eos_id: optional end-of-sequence id (or a list of them): a row that emits one emits
+            `pad_id` afterwards.
+          pad_id: the id written after EOS.
         Returns:
           `[B, T + max_new_tokens]` int32: the prompt followed by the generated tokens.
         """
@@ -211,27 +346,65 @@ class VishwamAI:
         if temperature > 0 and rng is None:
             raise ValueError("rng is required when temperature > 0")
         rng = jax.random.PRNGKey(0) if rng is None else rng
-        return self._generate(params, prompt_BT.astype(jnp.int32), rng, max_new_tokens,
-                              float(temperature), top_k, top_p)
+        B, T = prompt_BT.shape
+        if attention_mask is not None and prompt_lengths is not None:
+            raise ValueError("give attention_mask or prompt_lengths, not both")
+        if prompt_lengths is not None:
+            lengths = np.asarray(prompt_lengths)
+            if (lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer)
+                    or (lengths < 1).any() or (lengths > T).any()):
+                raise ValueError(f"prompt_lengths must be {B} ints in [1, T={T}]; got "
+                                 f"{lengths.tolist()}")
+            attention_mask = np.arange(T)[None, :] >= (T - lengths)[:, None]
+        mask_BT = None
+        if attention_mask is not None:
+            mask = _check_mask(attention_mask, (B, T), left_padded=True)
+            mask_BT = None if mask.all() else jnp.asarray(mask)
+        V = self.config.vocab_size
+        eos_ids = None if eos_id is None else _check_token_id("eos_id", eos_id, V, allow_many=True)
+        pad_id = _check_token_id("pad_id", pad_id, V)[0]
+        return self._generate(params, prompt_BT.astype(jnp.int32), rng, mask_BT, max_new_tokens,
+                              float(temperature), top_k, top_p, eos_ids, pad_id)
 
-    @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
-    def _generate(self, params, prompt_BT, rng, max_new_tokens, temperature, top_k, top_p):
+    @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10))
+    def _generate(self, params, prompt_BT, rng, mask_BT, max_new_tokens, temperature, top_k,
+                  top_p, eos_ids, pad_id):
         B, T = prompt_BT.shape
         cache = self.init_cache(B, T + max_new_tokens)
-        logits, cache = self.decode_step(params, cache, prompt_BT)
+        if mask_BT is None:  # every row a full-length prompt: plain positions, no key mask
+            valid_BS = pos_B = None
+            logits, cache = self.decode_step(params, cache, prompt_BT)
+        else:
+            valid_BS = jnp.concatenate([mask_BT, jnp.ones((B, max_new_tokens), bool)], axis=1)
+            logits, cache = self.decode_step(params, cache, prompt_BT,
+                                             positions_BT=_mask_positions(mask_BT),
+                                             kv_valid_BS=valid_BS)
+            pos_B = jnp.sum(mask_BT, axis=1, dtype=jnp.int32)  # position of the first new token
         sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k,
                                    top_p=top_p)
+
+        def finish(tok_B, done_B):
+            """Pad after EOS; returns (token, done)."""
+            if eos_ids is None:
+                return tok_B, done_B
+            tok_B = jnp.where(done_B, pad_id, tok_B)
+            return tok_B, done_B | jnp.isin(tok_B, jnp.asarray(eos_ids, jnp.int32))
+
         rng, sub = jax.random.split(rng)
-        first_B = sample(logits[:, -1], sub)
+        first_B, done_B = finish(sample(logits[:, -1], sub), jnp.zeros((B,), bool))
 
         def step(carry, _):
-            cache, tok_B, rng = carry
-            logits, cache = self.decode_step(params, cache, tok_B[:, None])
+            cache, tok_B, pos_B, done_B, rng = carry
+            logits, cache = self.decode_step(
+                params, cache, tok_B[:, None],
+                positions_BT=None if pos_B is None else pos_B[:, None], kv_valid_BS=valid_BS)
             rng, sub = jax.random.split(rng)
-            nxt_B = sample(logits[:, -1], sub)
-            return (cache, nxt_B, rng), nxt_B
+            nxt_B, done_B = finish(sample(logits[:, -1], sub), done_B)
+            pos_B = None if pos_B is None else pos_B + 1
+            return (cache, nxt_B, pos_B, done_B, rng), nxt_B
 
-        _, rest_NB = jax.lax.scan(step, (cache, first_B, rng), None, length=max_new_tokens - 1)
+        _, rest_NB = jax.lax.scan(step, (cache, first_B, pos_B, done_B, rng), None,
+                                  length=max_new_tokens - 1)
         new_BN = jnp.concatenate([first_B[:, None], rest_NB.T], axis=1)
         return jnp.concatenate([prompt_BT, new_BN], axis=1)
 
@@ -269,3 +442,57 @@ class VishwamAI:
 
     def __repr__(self):
         return f"VishwamAI({self.config.name!r}, params={self.num_params():,})"
+
+
+# ---------------------------------------------------------------------------------------------
+# the weights in fp8
+# ---------------------------------------------------------------------------------------------
+
+def matmul_weight_shapes(params, param_axes) -> dict:
+    """The `[K, N]` GEMM view of every projection kernel in a parameter tree.
+
+    A kernel whose last logical axis is ``'embed'`` writes back into the residual stream, so all
+    its other axes are contracted (`[N, H, D] -> [N*H, D]`); any other kernel contracts its first
+    axis (`[D, N, H] -> [D, N*H]`). That is how `vishwamai.layers.linear` reshapes them for
+    `fp8_gemm_optimized`.
+
+    Args:
+      params: a parameter tree (arrays or `jax.ShapeDtypeStruct`s, e.g. `abstract_params()`).
+      param_axes: the matching tree of logical-axis `PartitionSpec`s (`param_axes()`).
+
+    Returns:
+      `{path: (K, N)}` for the leaves named ``kernel``.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    axes = jax.tree_util.tree_leaves(
+        param_axes, is_leaf=lambda x: isinstance(x, (tuple, jax.sharding.PartitionSpec)))
+    if len(axes) != len(leaves):
+        raise ValueError(f"param_axes has {len(axes)} leaves, params {len(leaves)}")
+    out = {}
+    for (path, leaf), names in zip(leaves, axes):
+        if getattr(path[-1], "key", None) != "kernel":
+            continue
+        shape = tuple(leaf.shape)
+        if tuple(names)[-1] == "embed":
+            out[jax.tree_util.keystr(path)] = (math.prod(shape[:-1]), shape[-1])
+        else:
+            out[jax.tree_util.keystr(path)] = (shape[0], math.prod(shape[1:]))
+    return out
+
+
+def fp8_weight_bytes(params, param_axes, scaling="tensor", *, block_size=128) -> dict:
+    """Bytes of a model's weights with the projection kernels stored in fp8 and the rest in bf16.
+
+    Returns:
+      `{'matmul_params', 'other_params', 'fp8_data', 'fp8_scales', 'other_bf16', 'total'}`:
+      parameter counts and bytes (scales f32, tiled as `quantized_nbytes` describes).
+    """
+    shapes = matmul_weight_shapes(params, param_axes)
+    per = [quantized_nbytes(s, scaling, block_size=block_size) for s in shapes.values()]
+    n_all = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
+    n_mm = sum(k * n for k, n in shapes.values())
+    data = sum(p["data"] for p in per)
+    scales = sum(p["scales"] for p in per)
+    other = 2 * (n_all - n_mm)
+    return {"matmul_params": n_mm, "other_params": n_all - n_mm, "fp8_data": data,
+            "fp8_scales": scales, "other_bf16": other, "total": data + scales + other}

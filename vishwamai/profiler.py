@@ -27,11 +27,15 @@ import itertools
 import math
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import jax
 import numpy as np
+import pandas as pd
+
+from vishwamai.analysis.hardware import peak_flops
+from vishwamai.measure import CompiledStats, busy_fractions
 
 DEFINITIONS = {
     "time_s_mean / time_s_p50 / time_s_p95": "wall-clock seconds per call of a region, measured "
@@ -63,10 +67,6 @@ DEFINITIONS = {
 }
 
 
-def _nan() -> float:
-    return float("nan")
-
-
 @dataclass
 class _Call:
     name: str
@@ -94,6 +94,7 @@ class Region:
         self._bytes = 0.0
         self._bytes_known = False
         self._peak = math.nan
+        self.wall_s = math.nan  # set when the region closes
 
     def register(self, *outputs):
         """Blocks on `outputs` at region exit; returns them (one output returned bare)."""
@@ -108,38 +109,18 @@ class Region:
             self._bytes += float(bytes_accessed)
             self._bytes_known = True
 
-    def _add_compiled(self, info: dict) -> None:
-        if not math.isnan(info["flops"]):
-            self.add_flops(info["flops"], None if math.isnan(info["bytes"]) else info["bytes"])
-        if not math.isnan(info["peak_bytes"]):
-            self._peak = info["peak_bytes"] if math.isnan(self._peak) else max(self._peak,
-                                                                               info["peak_bytes"])
+    def _add_compiled(self, stats: CompiledStats) -> None:
+        if not math.isnan(stats.flops):
+            self.add_flops(stats.flops,
+                           None if math.isnan(stats.bytes_accessed) else stats.bytes_accessed)
+        if not math.isnan(stats.peak_bytes):
+            self._peak = stats.peak_bytes if math.isnan(self._peak) else max(self._peak,
+                                                                             stats.peak_bytes)
 
     def run(self, fn: Callable, *args, **kwargs):
         """Calls `fn` (jitted) through the profiler: compiled once per input signature, its
         cost and memory analysis counted, its outputs registered."""
         return self.profiler.wrap(fn)(*args, **kwargs)
-
-
-def _compiled_info(compiled) -> dict:
-    flops = bytes_ = peak = math.nan
-    try:
-        ca = compiled.cost_analysis()
-        if isinstance(ca, (list, tuple)):
-            ca = {k: sum(d.get(k, 0.0) for d in ca) for k in ("flops", "bytes accessed")}
-        if ca:
-            flops = float(ca.get("flops", math.nan))
-            bytes_ = float(ca.get("bytes accessed", math.nan))
-    except Exception:  # some backends do not implement it
-        pass
-    try:
-        ma = compiled.memory_analysis()
-        if ma is not None:
-            peak = float(ma.argument_size_in_bytes + ma.output_size_in_bytes
-                         - ma.alias_size_in_bytes + ma.temp_size_in_bytes)
-    except Exception:
-        pass
-    return {"flops": flops, "bytes": bytes_, "peak_bytes": peak}
 
 
 class _Tracked:
@@ -158,29 +139,30 @@ class _Tracked:
         leaves, tree = jax.tree.flatten((args, kwargs))
         return tree, tuple(leaf(x) for x in leaves)
 
-    def __call__(self, *args, **kwargs):
+    def _entry(self, args, kwargs):
         key = self._signature(args, kwargs)
-        entry = self._cache.get(key)
-        if entry is None:
+        if key not in self._cache:
             if not hasattr(self.fn, "lower"):
-                raise TypeError("TPUProfiler.wrap needs a jitted function (jax.jit(...))")
+                raise TypeError("TPUProfiler.wrap needs a jitted function (jax.jit(...)); got "
+                                f"{type(self.fn).__name__}")
             compiled = self.fn.lower(*args, **kwargs).compile()
-            entry = self._cache[key] = (compiled, _compiled_info(compiled))
-        compiled, info = entry
+            self._cache[key] = (compiled, CompiledStats.of(compiled))
+        return self._cache[key]
+
+    def __call__(self, *args, **kwargs):
+        compiled, stats = self._entry(args, kwargs)
         out = compiled(*args, **kwargs)
         region = self.profiler._current
         if region is not None:
-            region._add_compiled(info)
+            region._add_compiled(stats)
             region.register(out)
         return out
 
     def cost(self, *args, **kwargs) -> dict:
         """flops, bytes and peak_bytes of the executable for these arguments (compiles once)."""
-        key = self._signature(args, kwargs)
-        if key not in self._cache:
-            compiled = self.fn.lower(*args, **kwargs).compile()
-            self._cache[key] = (compiled, _compiled_info(compiled))
-        return dict(self._cache[key][1])
+        stats = self._entry(args, kwargs)[1]
+        return {"flops": stats.flops, "bytes": stats.bytes_accessed,
+                "peak_bytes": stats.peak_bytes}
 
 
 def _block_all(outputs) -> None:
@@ -195,54 +177,58 @@ def _block_all(outputs) -> None:
     jax.effects_barrier()
 
 
-def _union_length(intervals) -> float:
-    total, end = 0.0, -math.inf
-    for s, e in sorted(intervals):
-        if e <= end:
-            continue
-        total += e - max(s, end)
-        end = e
-    return total
+def _host_memory() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not a POSIX host
+        return math.nan
 
 
-_CPU_NOISE = ("ThreadpoolListener", "ThunkExecutor", "end: ")
+def _memory_efficiency(c: _Call, host_mem: float) -> tuple[float, str]:
+    """(peak bytes / memory, source) of one call; NaN when neither source is known."""
+    if not math.isnan(c.stats_peak_bytes) and c.stats_limit_bytes > 0:
+        return (c.stats_peak_bytes / c.stats_limit_bytes,
+                "device.memory_stats(): peak_bytes_in_use / bytes_limit")
+    if not math.isnan(c.compiled_peak_bytes) and not math.isnan(host_mem):
+        return (c.compiled_peak_bytes / host_mem,
+                "compiled memory_analysis() peak / host physical memory")
+    return math.nan, ""
 
 
-def busy_fractions(xplane_path: str, annotations: list[str]) -> dict:
-    """Device busy fraction inside each named `TraceAnnotation` window of a jax.profiler trace.
+def _utilization(c: _Call, peak: float, tracing: bool) -> tuple[float, str]:
+    """(utilization, source) of one call: the traced busy fraction, else its MFU."""
+    if not math.isnan(c.busy_fraction):
+        return c.busy_fraction, "busy_fraction (jax.profiler trace)"
+    if not math.isnan(c.flops) and not math.isnan(peak):
+        return (c.flops / c.wall_s / peak,
+                "mfu (no device busy time: " + ("not in trace" if tracing else "tracing off")
+                + ")")
+    return math.nan, ""
 
-    Device planes (`/device:*`, GPU and TPU) count every op event; on CPU, where XLA runs on
-    the host, the events of the XLA CPU runtime threads count (`tf_XLA*` lines, bookkeeping
-    events excluded). Returns `{annotation: fraction}` for the annotations found.
-    """
-    from jax.profiler import ProfileData
-    pd = ProfileData.from_file(xplane_path)
-    windows: dict[str, tuple[float, float]] = {}
-    device_iv, cpu_iv = [], []
-    for plane in pd.planes:
-        is_device = plane.name.startswith("/device:")
-        for line in plane.lines:
-            lname = line.name or ""
-            for ev in line.events:
-                s, d = float(ev.start_ns), float(ev.duration_ns)
-                if ev.name in annotations:
-                    windows[ev.name] = (s, s + d)
-                    continue
-                if d <= 0:
-                    continue
-                if is_device and "Steps" not in lname and "Modules" not in lname:
-                    device_iv.append((s, s + d))
-                elif plane.name == "/host:CPU" and lname.startswith("tf_XLA") and not \
-                        ev.name.startswith(_CPU_NOISE):
-                    cpu_iv.append((s, s + d))
-    intervals = device_iv if device_iv else cpu_iv
-    out = {}
-    for name, (a, b) in windows.items():
-        if b <= a:
-            continue
-        clipped = [(max(s, a), min(e, b)) for s, e in intervals if e > a and s < b]
-        out[name] = _union_length(clipped) / (b - a)
-    return out
+
+def _region_summary(calls: list[_Call], peak: float, host_mem: float) -> dict:
+    """Count, time percentiles, FLOPs, rate, MFU, busy fraction and memory of one region."""
+    t = np.array([c.wall_s for c in calls])
+    fl = np.array([c.flops for c in calls])
+    known = ~np.isnan(fl)
+    afps = fl[known].sum() / t[known].sum() if known.any() else math.nan
+    busy = [c.busy_fraction for c in calls if not math.isnan(c.busy_fraction)]
+    mem = [m for m, _ in (_memory_efficiency(c, host_mem) for c in calls) if not math.isnan(m)]
+    byts = [c.bytes_accessed for c in calls if not math.isnan(c.bytes_accessed)]
+    return {
+        "count": len(calls),
+        "time_s_mean": float(t.mean()),
+        "time_s_p50": float(np.percentile(t, 50)),
+        "time_s_p95": float(np.percentile(t, 95)),
+        "time_s_total": float(t.sum()),
+        "flops": float(np.mean(fl[known])) if known.any() else math.nan,
+        "flops_source": calls[-1].flops_source or "unknown",
+        "bytes_accessed": float(np.mean(byts)) if byts else math.nan,
+        "achieved_flops_per_s": float(afps),
+        "mfu": float(afps / peak) if not math.isnan(peak) else math.nan,
+        "busy_fraction": float(np.mean(busy)) if busy else math.nan,
+        "memory_efficiency": float(np.mean(mem)) if mem else math.nan,
+    }
 
 
 class TPUProfiler:
@@ -256,8 +242,14 @@ class TPUProfiler:
       device: the JAX device whose memory is reported (default: the first).
     """
 
+    OPTIONS = ("log_dir", "trace", "peak_flops", "dtype", "device")
+
     def __init__(self, config: dict | None = None):
         config = dict(config or {})
+        unknown = sorted(set(config) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(f"TPUProfiler: unknown config keys {unknown}; accepted: "
+                             f"{list(self.OPTIONS)}")
         self.config = config
         self.log_dir = config.get("log_dir")
         self.trace = bool(config.get("trace", self.log_dir is not None))
@@ -270,6 +262,7 @@ class TPUProfiler:
         self._session = False
         self._session_calls: list[_Call] = []
         self._peak: tuple[float, str] | None = None
+        self._trace_error: str | None = None
         self.trace_dirs: list[str] = []
 
     # ------------------------------------------------------------------ tracing
@@ -305,7 +298,8 @@ class TPUProfiler:
         self.trace_dirs.append(os.path.dirname(path))
         try:
             fractions = busy_fractions(path, [c.annotation for c in self._session_calls])
-        except Exception:  # an unreadable trace leaves busy_fraction NaN
+        except Exception as e:  # noqa: BLE001 - an unreadable trace: NaN, and the summary says why
+            self._trace_error = f"trace {path} could not be read: {type(e).__name__}: {e}"
             fractions = {}
         for c in self._session_calls:
             c.busy_fraction = fractions.get(c.annotation, math.nan)
@@ -359,6 +353,7 @@ class TPUProfiler:
             raise
         t1_ns = time.perf_counter_ns()
         self._current = None
+        region.wall_s = (t1_ns - t0_ns) * 1e-9
         call = _Call(name=name, wall_s=(t1_ns - t0_ns) * 1e-9, annotation=annotation,
                      t_start_ns=t0_ns, t_end_ns=t1_ns)
         if flops is not None:
@@ -370,7 +365,7 @@ class TPUProfiler:
         elif region._bytes_known:
             call.bytes_accessed = region._bytes
         call.compiled_peak_bytes = region._peak
-        stats = self._memory_stats()
+        stats = self.device.memory_stats()  # None on CPU
         if stats:
             call.stats_peak_bytes = float(stats.get("peak_bytes_in_use", math.nan))
             call.stats_limit_bytes = float(stats.get("bytes_limit", math.nan))
@@ -379,12 +374,6 @@ class TPUProfiler:
             self._session_calls.append(call)
         if own_trace:
             self.stop_trace()
-
-    def _memory_stats(self):
-        try:
-            return self.device.memory_stats()
-        except Exception:
-            return None
 
     def reset(self) -> None:
         """Forgets every recorded call."""
@@ -396,20 +385,13 @@ class TPUProfiler:
         if "peak_flops" in self.config:
             return float(self.config["peak_flops"]), "given in the profiler config"
         if self._peak is None:
+            on_cpu = self.device.platform == "cpu"
+            dtype = self.config.get("dtype", "float32" if on_cpu else "bfloat16")
             try:
-                from vishwamai.analysis.hardware import peak_flops
-                on_cpu = self.device.platform == "cpu"
-                dtype = self.config.get("dtype", "float32" if on_cpu else "bfloat16")
                 self._peak = peak_flops(dtype, self.device)
-            except Exception as e:  # analysis library missing or device unknown
+            except ValueError as e:  # the chip's source gives no peak for this dtype
                 self._peak = (math.nan, f"no peak available: {e}")
         return self._peak
-
-    def _host_memory(self) -> float:
-        try:
-            return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-        except (ValueError, OSError, AttributeError):
-            return math.nan
 
     def get_metrics_summary(self) -> dict:
         """Every metric over the calls recorded so far; see `DEFINITIONS` (also returned).
@@ -424,75 +406,31 @@ class TPUProfiler:
         peak, peak_src = self.peak()
         if math.isnan(peak):
             reasons["mfu"] = peak_src
-        host_mem = self._host_memory()
-
-        def mem_eff(c: _Call) -> tuple[float, str]:
-            if not math.isnan(c.stats_peak_bytes) and not math.isnan(c.stats_limit_bytes) \
-                    and c.stats_limit_bytes > 0:
-                return c.stats_peak_bytes / c.stats_limit_bytes, \
-                    "device.memory_stats(): peak_bytes_in_use / bytes_limit"
-            if not math.isnan(c.compiled_peak_bytes) and not math.isnan(host_mem):
-                return c.compiled_peak_bytes / host_mem, \
-                    "compiled memory_analysis() peak / host physical memory"
-            return math.nan, ""
-
-        regions: dict[str, dict] = {}
+        if self._trace_error:
+            reasons["busy_fraction"] = self._trace_error
+        host_mem = _host_memory()
         by_name: dict[str, list[_Call]] = {}
         for c in self._calls:
             by_name.setdefault(c.name, []).append(c)
-        util_vals, util_srcs, mem_vals, mem_srcs = [], set(), [], set()
-        tot_flops = tot_time = 0.0
-        for name, calls in by_name.items():
-            t = np.array([c.wall_s for c in calls])
-            fl = np.array([c.flops for c in calls])
-            known = ~np.isnan(fl)
-            r = {
-                "count": len(calls),
-                "time_s_mean": float(t.mean()),
-                "time_s_p50": float(np.percentile(t, 50)),
-                "time_s_p95": float(np.percentile(t, 95)),
-                "time_s_total": float(t.sum()),
-                "flops": float(np.mean(fl[known])) if known.any() else math.nan,
-                "flops_source": calls[-1].flops_source or "unknown",
-                "bytes_accessed": float(np.nanmean([c.bytes_accessed for c in calls]))
-                if any(not math.isnan(c.bytes_accessed) for c in calls) else math.nan,
-            }
-            if known.any():
-                afps = fl[known].sum() / t[known].sum()
-                tot_flops += fl[known].sum()
-                tot_time += t[known].sum()
-            else:
-                afps = math.nan
+        regions = {name: _region_summary(calls, peak, host_mem)
+                   for name, calls in by_name.items()}
+        for name, r in regions.items():
+            if math.isnan(r["flops"]):
                 reasons[f"{name}/flops"] = ("no compiled executable ran through the profiler "
                                             "(wrap / region.run) and no flops= was given")
-            r["achieved_flops_per_s"] = float(afps)
-            r["mfu"] = float(afps / peak) if not math.isnan(peak) else math.nan
-            busy = [c.busy_fraction for c in calls if not math.isnan(c.busy_fraction)]
-            r["busy_fraction"] = float(np.mean(busy)) if busy else math.nan
-            mems = [mem_eff(c) for c in calls]
-            mk = [m for m, _ in mems if not math.isnan(m)]
-            r["memory_efficiency"] = float(np.mean(mk)) if mk else math.nan
-            regions[name] = r
-            for c in calls:
-                if not math.isnan(c.busy_fraction):
-                    util_vals.append(c.busy_fraction)
-                    util_srcs.add("busy_fraction (jax.profiler trace)")
-                elif not math.isnan(c.flops) and not math.isnan(peak):
-                    util_vals.append(c.flops / c.wall_s / peak)
-                    util_srcs.add("mfu (no device busy time: "
-                                  + ("tracing off" if not self.trace else "not in trace") + ")")
-                m, src = mem_eff(c)
-                if not math.isnan(m):
-                    mem_vals.append(m)
-                    mem_srcs.add(src)
-
-        afps_mean = tot_flops / tot_time if tot_time > 0 else math.nan
+        known = [c for c in self._calls if not math.isnan(c.flops)]
+        tot_time = sum(c.wall_s for c in known)
+        afps_mean = sum(c.flops for c in known) / tot_time if tot_time > 0 else math.nan
+        util = [_utilization(c, peak, self.trace) for c in self._calls]
+        util = [u for u in util if not math.isnan(u[0])]
+        mem = [_memory_efficiency(c, host_mem) for c in self._calls]
+        mem = [m for m in mem if not math.isnan(m[0])]
         if not self._calls:
             reasons["all"] = "no region has been profiled yet"
-        if not util_vals:
+        if not util:
             reasons.setdefault("tpu_utilization_mean",
                                "no call has a traced busy fraction or known flops and peak")
-        if not mem_vals:
+        if not mem:
             reasons.setdefault("memory_efficiency_mean",
                                "no device memory_stats() and no compiled memory_analysis()")
         return {
@@ -501,10 +439,10 @@ class TPUProfiler:
             "mfu_mean": float(afps_mean / peak) if not math.isnan(peak) else math.nan,
             "peak_flops_per_s": float(peak),
             "peak_flops_source": peak_src,
-            "tpu_utilization_mean": float(np.mean(util_vals)) if util_vals else math.nan,
-            "tpu_utilization_source": "; ".join(sorted(util_srcs)) or "none",
-            "memory_efficiency_mean": float(np.mean(mem_vals)) if mem_vals else math.nan,
-            "memory_efficiency_source": "; ".join(sorted(mem_srcs)) or "none",
+            "tpu_utilization_mean": float(np.mean([u for u, _ in util])) if util else math.nan,
+            "tpu_utilization_source": "; ".join(sorted({s for _, s in util})) or "none",
+            "memory_efficiency_mean": float(np.mean([m for m, _ in mem])) if mem else math.nan,
+            "memory_efficiency_source": "; ".join(sorted({s for _, s in mem})) or "none",
             "device": f"{self.device.platform}:{self.device.device_kind}",
             "trace_dirs": list(self.trace_dirs),
             "reasons": reasons,
@@ -513,5 +451,4 @@ class TPUProfiler:
 
     def summary_frame(self):
         """The per-region summary as a pandas DataFrame (one row per region)."""
-        import pandas as pd
         return pd.DataFrame.from_dict(self.get_metrics_summary()["regions"], orient="index")

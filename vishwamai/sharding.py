@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 from math import prod
@@ -35,6 +34,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from vishwamai import train as _train
+from vishwamai.measure import CompiledStats
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LAYOUTS = ("data", "fsdp", "tensor")
@@ -267,7 +267,7 @@ def make_sharded_grad_fn(model, mesh, *, batch_size: int, chunk_size: int = _tra
                          accum_steps: int = 1, rules=LOGICAL_AXIS_RULES):
     """Jitted `grad_fn(params, batch, rng) -> (loss, grads)` with sharded parameters, batch and
     gradients (gradients in the parameters' layout)."""
-    model = _train._as_model(model)
+    model = _train.as_model(model)
     p_sh = param_shardings(model, mesh, rules)
     b_sh = batch_sharding(mesh, batch_size, rules)
     rep = NamedSharding(mesh, P())
@@ -290,7 +290,7 @@ def make_sharded_train_step(model, optimizer, mesh, *, batch_size: int,
     in the batch layout first). The returned function carries `.state_shardings`,
     `.batch_sharding`, `.jitted` (for `.lower(...)`) and `.model`.
     """
-    model = _train._as_model(model, dtype=step_kw.pop("dtype", None),
+    model = _train.as_model(model, dtype=step_kw.pop("dtype", None),
                              remat=step_kw.pop("remat", None),
                              attention_impl=step_kw.pop("attention_impl", None))
     s_sh = state_shardings(model, optimizer, mesh, rules)
@@ -340,7 +340,7 @@ def compiled_train_memory(model, optimizer, mesh, *, batch_size: int, seq_len: i
                                     sharding=step.batch_sharding)
     with mesh_context(mesh, rules):
         compiled = step.jitted.lower(state_in, batch_in).compile()
-    ma = compiled.memory_analysis()
+    stats = CompiledStats.of(compiled, hlo=True)
 
     def local_bytes(tree, shardings):
         return int(sum(np.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
@@ -354,48 +354,23 @@ def compiled_train_memory(model, optimizer, mesh, *, batch_size: int, seq_len: i
         "param_bytes_per_device": p_bytes,
         "opt_state_bytes_per_device": o_bytes,
     }
-    for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes", "generated_code_size_in_bytes"):
-        row[k] = int(getattr(ma, k, -1)) if ma is not None else -1
-    if ma is not None:
-        # Donated state aliases its output: live = arguments + outputs - aliased + temporaries.
-        row["peak_bytes_estimate"] = (row["argument_size_in_bytes"] + row["output_size_in_bytes"]
-                                      - row["alias_size_in_bytes"] + row["temp_size_in_bytes"])
-    row["collectives"], row["collective_bytes"] = collectives(compiled.as_text() or "")
+    for k, v in (("argument_size_in_bytes", stats.argument_bytes),
+                 ("output_size_in_bytes", stats.output_bytes),
+                 ("alias_size_in_bytes", stats.alias_bytes),
+                 ("temp_size_in_bytes", stats.temp_bytes),
+                 ("generated_code_size_in_bytes", stats.code_bytes)):
+        row[k] = int(v)
+    # Donated state aliases its output: live = arguments + outputs - aliased + temporaries.
+    row["peak_bytes_estimate"] = int(stats.peak_bytes)
+    row["collectives"] = {k: v["count"] for k, v in stats.collectives.items()}
+    row["collective_bytes"] = {k: v["bytes"] for k, v in stats.collectives.items()}
     return row
-
-
-_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f64": 8, "s8": 1, "u8": 1,
-                "pred": 1, "s64": 8, "u64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
-
-
-def collectives(hlo_text: str) -> tuple[dict, dict]:
-    """Counts and per-device result bytes of each collective in a compiled HLO module.
-
-    Reads instructions `%name = <shape or tuple of shapes> <op>(...)`; async pairs are counted
-    once (their `-start`). Bytes are those of the op's result on one device.
-    """
-    counts = dict.fromkeys(_COLLECTIVES, 0)
-    nbytes = dict.fromkeys(_COLLECTIVES, 0)
-    op_re = re.compile(r" (" + "|".join(_COLLECTIVES) + r")(-start)?\(")
-    for line in hlo_text.splitlines():
-        m = op_re.search(line)
-        if not m or " = " not in line[:m.start()]:
-            continue
-        op = m.group(1)
-        counts[op] += 1
-        shapes = line[line.index(" = ") + 3:m.start()]
-        for dt, dims in re.findall(r"(\w+)\[([\d,]*)\]", shapes):
-            size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-            nbytes[op] += size * _DTYPE_BYTES.get(dt, 4)
-    return counts, nbytes
 
 
 def layout_memory(cfg, *, layouts: Sequence[str] = LAYOUTS, n_devices: int = 8,
                   batch_size: int = 8, seq_len: int = 128, **step_kw) -> list[dict]:
     """`compiled_train_memory` for each named layout over `n_devices` devices of this process."""
-    model = _train._as_model(cfg)
+    model = _train.as_model(cfg)
     opt = _train.make_optimizer()
     rows = []
     for layout in layouts:
@@ -408,13 +383,13 @@ def layout_memory(cfg, *, layouts: Sequence[str] = LAYOUTS, n_devices: int = 8,
 
 
 def layout_memory_subprocess(cfg, *, layouts: Sequence[str] = LAYOUTS, n_devices: int = 8,
-                             batch_size: int = 8, seq_len: int = 128, timeout: float = 300,
+                             batch_size: int = 8, seq_len: int = 128, timeout: float = 600,
                              **step_kw) -> list[dict]:
     """`layout_memory` in a fresh Python process with `n_devices` simulated CPU devices.
 
-    The device count of a JAX process is fixed at its first use, so a notebook or test that
-    already runs on one device compiles the multi-device program in a child process.
-    `cfg` is a preset name or a `ModelConfig`.
+    A JAX process fixes its device count at its first use, so a chapter running where JAX
+    already has fewer devices (a one-chip runtime) compiles the multi-device program in a
+    child process. `cfg` is a preset name or a `ModelConfig`; the rows come back as JSON.
     """
     from vishwamai.config import ModelConfig
     cfg_json = json.dumps(cfg.to_dict() if isinstance(cfg, ModelConfig) else cfg)

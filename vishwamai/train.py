@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vishwamai.config import ModelConfig, REMAT_POLICIES, DTYPES
+from vishwamai.compat import einsum_f32
+from vishwamai.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES, ModelConfig, as_config
+from vishwamai.model import VishwamAI
 
 DEFAULT_CHUNK = 128
 
@@ -52,8 +54,7 @@ def _unchunk(x_nBC, T: int):
 
 
 def _chunk_logits(h_BCD, w_DV):
-    return jnp.einsum("BCD,DV->BCV", h_BCD, w_DV.astype(h_BCD.dtype),
-                      preferred_element_type=jnp.float32)
+    return einsum_f32("BCD,DV->BCV", h_BCD, w_DV.astype(h_BCD.dtype))
 
 
 def _nll_from_logits(logits_BCV, t_BC, m_BC):
@@ -96,8 +97,8 @@ def _fused_forward(h_BTD, w_DV, t_BT, m_BT, chunk: int, with_grads: bool):
         # d(sum nll)/d logits = (softmax - onehot) * mask, in f32, cast for the matmuls.
         g_BCV = e * (m / s)[..., None] - jax.nn.one_hot(t, V, dtype=jnp.float32) * m[..., None]
         g_BCV = g_BCV.astype(h.dtype)
-        dh = jnp.einsum("BCV,DV->BCD", g_BCV, w_c, preferred_element_type=jnp.float32)
-        dw_DV = dw_DV + jnp.einsum("BCD,BCV->DV", h, g_BCV, preferred_element_type=jnp.float32)
+        dh = einsum_f32("BCV,DV->BCD", g_BCV, w_c)
+        dw_DV = dw_DV + einsum_f32("BCD,BCV->DV", h, g_BCV)
         return (total + jnp.sum(nll), dw_DV), dh.astype(h_BTD.dtype)
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros((D, V), jnp.float32))
@@ -280,10 +281,10 @@ class TrainState:
     rng: jax.Array
 
 
-def _as_model(model_or_cfg, *, dtype=None, remat=None, attention_impl=None):
-    from vishwamai.model import VishwamAI
-    cfg = model_or_cfg.config if isinstance(model_or_cfg, VishwamAI) else model_or_cfg
-    cfg = VishwamAI(cfg).config if not isinstance(cfg, ModelConfig) else cfg
+def as_model(model_or_cfg, *, dtype=None, remat=None, attention_impl=None) -> VishwamAI:
+    """A `VishwamAI` from a model, config, preset name or dict, with run-time overrides of its
+    compute `dtype`, `remat` policy and `attention_impl` (the same model when none changes)."""
+    cfg = model_or_cfg.config if isinstance(model_or_cfg, VishwamAI) else as_config(model_or_cfg)
     changes = {}
     if dtype is not None:
         if dtype not in DTYPES:
@@ -294,6 +295,8 @@ def _as_model(model_or_cfg, *, dtype=None, remat=None, attention_impl=None):
             raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
         changes["remat"] = remat
     if attention_impl is not None:
+        if attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={attention_impl!r} is not one of {ATTENTION_IMPLS}")
         changes["attention_impl"] = attention_impl
     if changes:
         cfg = cfg.replace(**changes)
@@ -451,7 +454,7 @@ def make_train_step(model_or_cfg, optimizer: optax.GradientTransformation, *,
     `learning_rate` (the one this step applied). The returned function has `.model` (with the
     overrides applied) and `.step_fn` (unjitted).
     """
-    model = _as_model(model_or_cfg, dtype=dtype, remat=remat, attention_impl=attention_impl)
+    model = as_model(model_or_cfg, dtype=dtype, remat=remat, attention_impl=attention_impl)
     step = make_step_fn(model, optimizer, chunk_size=chunk_size, accum_steps=accum_steps)
     kw = {}
     if in_shardings is not None:

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vishwamai.config import ModelConfig
+from vishwamai.config import ModelConfig, as_config
 from vishwamai.layers.attention import FlashAttention
 from vishwamai.layers.embeddings import Embed
 from vishwamai.layers.linear import linear_for
@@ -48,11 +48,12 @@ class Block(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, deterministic: bool = True, decode: bool = False):
+    def __call__(self, x_BTD, positions_BT, deterministic: bool = True, decode: bool = False,
+                 kv_valid_BS=None):
         cfg = self.config
         h = make_norm(cfg, "pre_attention_norm")(x_BTD)
         h = FlashAttention(cfg, name="attention")(h, positions_BT, deterministic=deterministic,
-                                                  decode=decode)
+                                                  decode=decode, kv_valid_BS=kv_valid_BS)
         x_BTD = x_BTD + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         h = make_norm(cfg, "pre_mlp_norm")(x_BTD)
         h = MLP(cfg, name="mlp")(h, deterministic=deterministic)
@@ -85,8 +86,8 @@ def _blocks(cfg: ModelConfig, decode: bool):
 def scanned_blocks(cfg: ModelConfig, decode: bool):
     """`nn.scan` of the block over `cfg.num_layers` steps, weights and cache stacked on axis 0.
 
-    Each layer draws its own init and dropout keys (`split_rngs`); positions, `deterministic`
-    and `decode` are broadcast to every step (the two flags stay Python bools, so remat's
+    Each layer draws its own init and dropout keys (`split_rngs`); positions, `deterministic`,
+    `decode` and the key-padding mask are broadcast to every step (the two flags stay Python bools, so remat's
     `static_argnums` still sees constants). Every parameter's logical axes gain a leading
     'layers' name, which the sharding rules leave unsplit.
     """
@@ -94,7 +95,7 @@ def scanned_blocks(cfg: ModelConfig, decode: bool):
         _blocks(cfg, decode),
         variable_axes={"params": 0, "cache": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: LAYER_AXIS},
     )
@@ -185,17 +186,22 @@ class TransformerModel(nn.Module):
 
     @property
     def cfg(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.config)
+        return as_config(self.config)
 
     @nn.compact
     def __call__(self, tokens_BT, train: bool = False, *, decode: bool = False,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, positions_BT=None, kv_valid_BS=None):
         """Args:
           tokens_BT: `[B, T]` integer token ids, T <= max_seq_len.
           train: enables dropout (needs a 'dropout' rng).
           decode: use and extend the KV cache (`mutable=['cache']`); see `VishwamAI.generate`.
           return_hidden: return the final-normed hidden states `[B, T, D]` instead of logits,
             for losses that never build the full `[B, T, V]` logits.
+          positions_BT: optional int `[B, T]` positions (RoPE angle or learned-table row); default
+            0..T-1, offset by the tokens already in the cache when decoding. Left-padded rows
+            pass positions that start at 0 at their first real token.
+          kv_valid_BS: optional bool `[B, S]`, False at padding keys: S = T without `decode`, the
+            cache length with it. Padding queries attend to nothing and return zeros.
         Returns:
           logits `[B, T, V]` in the compute dtype (or hidden states, see above).
         """
@@ -211,7 +217,11 @@ class TransformerModel(nn.Module):
             if initialized:
                 positions_T = positions_T + pos.value
                 pos.value = pos.value + T
-        positions_BT = jnp.broadcast_to(positions_T, (B, T))
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(positions_T, (B, T))
+        elif jnp.shape(positions_BT) != (B, T):
+            raise ValueError(f"positions_BT must have shape [B, T]={(B, T)}; got "
+                             f"{jnp.shape(positions_BT)}")
 
         embed = Embed(cfg.vocab_size, cfg.hidden_dim, dtype=cfg.compute_dtype,
                       param_dtype=cfg.weight_dtype, name="token_embed")
@@ -225,11 +235,12 @@ class TransformerModel(nn.Module):
 
         if cfg.scan_layers:
             x_BTD, _ = scanned_blocks(cfg, decode)(cfg, scanned=True, name=SCAN_NAME)(
-                x_BTD, positions_BT, deterministic, decode)
+                x_BTD, positions_BT, deterministic, decode, kv_valid_BS)
         else:
             block = _blocks(cfg, decode)
             for i in range(cfg.num_layers):
-                x_BTD = block(cfg, name=_layer_key(i))(x_BTD, positions_BT, deterministic, decode)
+                x_BTD = block(cfg, name=_layer_key(i))(x_BTD, positions_BT, deterministic, decode,
+                                                       kv_valid_BS)
 
         x_BTD = make_norm(cfg, "final_norm")(x_BTD)
         if return_hidden:
@@ -248,14 +259,17 @@ class TransformerModel(nn.Module):
 
 
 class EnhancedTransformerModel(TransformerModel):
-    """The seed's enhanced model: RMSNorm, rotary positions and flash attention.
+    """The design notebook's name for the RMSNorm + rotary family, kept so its code runs.
 
-    Same code path as `TransformerModel`; the class states (and checks) the family.
+    The notebook had two model classes; here the config decides every architecture choice, so
+    one implementation (`TransformerModel`) serves both and this subclass adds only a check
+    that its config really is of that family (RMSNorm and RoPE). Which attention kernel runs
+    is the config's `attention_impl`, as for `TransformerModel`.
     """
 
     @property
     def cfg(self) -> ModelConfig:
-        cfg = ModelConfig.from_dict(self.config)
+        cfg = as_config(self.config)
         if not cfg.enhanced:
             raise ValueError(
                 "EnhancedTransformerModel needs norm='rmsnorm' and position='rope'; got "
@@ -269,9 +283,5 @@ def create_vishwamai_transformer(config: ModelConfig | Mapping[str, Any] | str) 
     Returns `EnhancedTransformerModel` for RMSNorm + RoPE configs (the seed's `use_enhanced`),
     `TransformerModel` otherwise.
     """
-    if isinstance(config, str):
-        from vishwamai.config import get_preset
-        cfg = get_preset(config)
-    else:
-        cfg = ModelConfig.from_dict(config)
+    cfg = as_config(config)
     return (EnhancedTransformerModel if cfg.enhanced else TransformerModel)(cfg)

@@ -20,8 +20,8 @@ Conventions (stated once, used everywhere):
 """
 from __future__ import annotations
 
-from vishwamai.analysis.params import _cfg
-from vishwamai.config import REMAT_POLICIES, ModelConfig
+from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai.config import REMAT_POLICIES, ModelConfig, as_config
 
 CONVENTIONS = ("causal", "full", "exact")
 
@@ -50,7 +50,7 @@ def layer_flops(cfg: ModelConfig | str, *, batch: int, seq_len: int, kv_len: int
       dict: q_proj, k_proj, v_proj, o_proj, mlp (weight matmuls), attention_scores (QK^T),
       attention_values (PV), weights, attention, total.
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     B, T = batch, seq_len
     S = T if kv_len is None else kv_len
     D, N, K, H, F = c.hidden_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim
@@ -83,7 +83,7 @@ def elementwise_flops(cfg: ModelConfig | str, *, batch: int, seq_len: int,
     square), activation ~10 per element (GELU's tanh form), RoPE ~6 per rotated element,
     residual adds 1. The compiler's count differs in detail; the point is that it is small.
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     B, T = batch, seq_len
     S = T if kv_len is None else kv_len
     D, N, K, H, F, L = (c.hidden_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim,
@@ -117,7 +117,7 @@ def remat_extra_flops(cfg: ModelConfig | str, remat: str, *, batch: int, seq_len
     """
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     f = layer_flops(c, batch=batch, seq_len=seq_len, causal=causal, convention=convention)
     per_layer = {
         "none": 0,
@@ -151,7 +151,7 @@ def flops(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "forw
     """
     if mode not in ("forward", "train"):
         raise ValueError(f"mode={mode!r} is not one of ('forward', 'train')")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     remat = c.remat if remat is None else remat
     layer = layer_flops(c, batch=batch, seq_len=seq_len, causal=causal, convention=convention)
     L = c.num_layers
@@ -178,9 +178,7 @@ def flops_per_token(cfg: ModelConfig | str, seq_len: int, *, mode: str = "train"
     N = matmul parameters (count_params(cfg)['matmul']). Returns exact, approx (2N forward,
     6N train) and attention_share (attention / exact).
     """
-    from vishwamai.analysis.params import count_params
-
-    c = _cfg(cfg)
+    c = as_config(cfg)
     f = flops(c, batch=1, seq_len=seq_len, mode=mode, convention=convention, remat="none")
     n = count_params(c)["matmul"]
     approx = (6 if mode == "train" else 2) * n
@@ -196,7 +194,7 @@ def decode_flops(cfg: ModelConfig | str, batch: int, cache_len: int, *,
     is visible, so attention is 4*N*H*S per token per layer with no causal halving.
     Returns: weights, attention, logits, total, per_token.
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     layer = layer_flops(c, batch=batch, seq_len=1, kv_len=cache_len, causal=False)
     L = c.num_layers
     logits = 2 * batch * c.hidden_dim * c.vocab_size if include_logits else 0
@@ -214,15 +212,36 @@ def attention_mlp_crossover(cfg: ModelConfig | str, convention: str = "causal") 
     2*D*F*m (m = 3 gated, 2 otherwise). Equal at T = D*F*m / (2*N*H*c). For the seed's family
     (N*H = D, F = 4D, 2 matrices, causal half) that is T = 8D; with the full square, 4D.
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     m = 3 if c.gated_mlp else 2
     frac = 1.0 if convention == "full" else 0.5
     return c.hidden_dim * c.mlp_dim * m / (2 * c.num_heads * c.head_dim * frac)
 
 
-def compiled_flops(compiled) -> float:
-    """`cost_analysis()['flops']` of a compiled JAX computation (dict or list of dicts)."""
-    ca = compiled.cost_analysis()
-    if isinstance(ca, (list, tuple)):
-        return float(sum(d.get("flops", 0.0) for d in ca))
-    return float(ca["flops"])
+def shape_summary(cfg: ModelConfig | str, seq_len: int | None = None) -> dict:
+    """Depth, width and scaling figures of one config, from its real fields.
+
+    (The seed computed these from keys its configs never had and raised KeyError.)
+    Returns: D, L, N, K, H, F; attention_width_ratio N*H/D (1 for most models; the seed's XL
+    has 1.5); mlp_ratio F/D; gqa_group N/K; depth_to_width L/(D/64) (the seed's ratio: layers
+    per 64 channels); params, non_embedding, embedding_share; per_layer params;
+    train_flops_per_token (6N + attention at `seq_len`, default max_seq_len, causal half);
+    kv_bytes_per_token (all layers, compute dtype).
+    """
+    c = as_config(cfg)
+    T = c.max_seq_len if seq_len is None else seq_len
+    p = count_params(c)
+    f = flops(c, batch=1, seq_len=T, mode="train", remat="none")
+    return {
+        "D": c.hidden_dim, "L": c.num_layers, "N": c.num_heads, "K": c.num_kv_heads,
+        "H": c.head_dim, "F": c.mlp_dim,
+        "attention_width_ratio": c.q_dim / c.hidden_dim,
+        "mlp_ratio": c.mlp_dim / c.hidden_dim,
+        "gqa_group": c.num_heads // c.num_kv_heads,
+        "depth_to_width": c.num_layers / (c.hidden_dim / 64),
+        "params": p["total"], "non_embedding": p["non_embedding"],
+        "embedding_share": (p["embedding"] + p["positions"] + p["head"]) / p["total"],
+        "per_layer": p["per_layer"],
+        "train_flops_per_token": f["model"] / T,
+        "kv_bytes_per_token": 2 * c.num_layers * c.num_kv_heads * c.head_dim * bytes_per(c.dtype),
+    }

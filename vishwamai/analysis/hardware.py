@@ -8,6 +8,9 @@ Conventions:
   converted exactly (1 GiB = 2**30 B) and the comment says so.
 - `ici_bw` is the chip's total bidirectional chip-to-chip bandwidth as the source states it
   (TPU ICI; NVLink on GPUs), or None where the source gives no per-chip figure.
+- `dcn_bw` is one host's data-centre network bandwidth (all its NICs together, one
+  direction, bytes/s): what chips on different hosts (or slices) share, or None where no
+  source was found.
 - On CPU nothing is assumed: `peak_flops` measures a large jitted float32 matmul on the spot
   (`measure_cpu_peak`), once per process.
 """
@@ -16,6 +19,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+
+import jax
+
+from vishwamai.measure import matmul_peak
 
 GiB = 2**30
 GB = 10**9
@@ -34,6 +41,8 @@ class Chip:
       hbm_bytes: high-bandwidth memory per chip, bytes.
       hbm_bw: HBM bandwidth, bytes/s.
       ici_bw: chip-to-chip bandwidth, bytes/s, bidirectional, per chip (None: not stated).
+      dcn_bw: data-centre network bandwidth of one host, bytes/s, one direction (None: not
+        stated).
       chips_per_host: chips attached to one host VM / server.
       cores_per_chip: TensorCores per TPU chip (1 for GPUs).
       source: where the numbers come from.
@@ -49,6 +58,7 @@ class Chip:
     int8_ops: float | None = None
     fp32_flops: float | None = None
     ici_bw: float | None = None
+    dcn_bw: float | None = None
     chips_per_host: int = 1
     cores_per_chip: int = 1
     source: str = ""
@@ -78,14 +88,18 @@ HARDWARE: dict[str, Chip] = {
                    source="cloud.google.com/tpu/docs/v3",
                    notes="v3-8: 4 chips / 8 cores per host, 128 GiB HBM in all."),
     # Source: cloud.google.com/tpu/docs/v4 ("275 teraflops (bf16 or int8)", "32 GiB, 1200 GBps").
+    # ICI: the Cloud page gives no per-chip figure; the scaling book (jax-ml.github.io/
+    # scaling-book, "How to think about TPUs", ICI table) gives v4 4.5e10 B/s per link one way,
+    # and a v4 chip has 6 links (3D torus): 4.5e10 * 6 * 2 directions = 540 GB/s bidirectional.
     "tpu_v4": Chip("tpu_v4", "google", bf16_flops=275 * T, int8_ops=275 * T, hbm_bytes=32 * GiB,
-                   hbm_bw=1200 * GB, chips_per_host=4, cores_per_chip=2,
+                   hbm_bw=1200 * GB, ici_bw=540 * GB, chips_per_host=4, cores_per_chip=2,
                    source="cloud.google.com/tpu/docs/v4",
                    notes="v4-8: 4 chips per host (megacore: 2 TensorCores act as one device)."),
     # Source: cloud.google.com/tpu/docs/v5e ("197 TFLOPs" bf16, "393 TOPs" int8,
     # "16 GB, 819 GBps", "ICI bandwidth (per chip) 400 GBps", "Chips per host 8").
+    # DCN: same page, "Per-host NIC configuration 2 x 100 Gbps NIC" = 25 GB/s per host.
     "tpu_v5e": Chip("tpu_v5e", "google", bf16_flops=197 * T, int8_ops=393 * T, hbm_bytes=16 * GB,
-                    hbm_bw=819 * GB, ici_bw=400 * GB, chips_per_host=8,
+                    hbm_bw=819 * GB, ici_bw=400 * GB, dcn_bw=2 * 100e9 / 8, chips_per_host=8,
                     source="cloud.google.com/tpu/docs/v5e",
                     notes="v5litepod-8: 8 chips per host, 1 TensorCore each."),
     # Source: cloud.google.com/tpu/docs/v5p ("Peak compute per chip (BF16) 459", "(FP8) 459",
@@ -105,22 +119,28 @@ HARDWARE: dict[str, Chip] = {
     # Source: NVIDIA A100 Tensor Core GPU datasheet (A100 80GB SXM column): BF16 312 TFLOPS
     # dense (624 with sparsity), INT8 624 TOPS dense, FP32 19.5 TFLOPS, 80 GB HBM2e,
     # 2,039 GB/s, NVLink 600 GB/s. No fp8 on Ampere.
+    # DCN: NVIDIA DGX A100 user guide, 8 x 200 Gb/s HDR InfiniBand compute NICs = 200 GB/s.
     "a100_80gb": Chip("a100_80gb", "nvidia", bf16_flops=312 * T, int8_ops=624 * T,
                       fp32_flops=19.5 * T, hbm_bytes=80 * GB, hbm_bw=2039 * GB, ici_bw=600 * GB,
+                      dcn_bw=8 * 200e9 / 8,
                       chips_per_host=8, source="NVIDIA A100 datasheet (80GB SXM)",
                       notes="HGX/DGX A100: 8 GPUs per server over NVSwitch."),
     # Source: NVIDIA H100 Tensor Core GPU datasheet (H100 SXM column): BF16 1,979 TFLOPS and FP8
     # 3,958 TFLOPS *with sparsity*, i.e. 989.5 / 1,979 dense; INT8 1,979 TOPS dense; FP32 67
     # TFLOPS; 80 GB HBM3; 3.35 TB/s; NVLink 900 GB/s.
+    # DCN: NVIDIA DGX H100 user guide, 8 x 400 Gb/s ConnectX-7 compute NICs = 400 GB/s per host
+    # (torchtitan's Grand Teton H100 hosts state the same 400 Gb/s per GPU).
     "h100": Chip("h100", "nvidia", bf16_flops=989.5 * T, fp8_flops=1979 * T, int8_ops=1979 * T,
                  fp32_flops=67 * T, hbm_bytes=80 * GB, hbm_bw=3350 * GB, ici_bw=900 * GB,
+                 dcn_bw=8 * 400e9 / 8,
                  chips_per_host=8, source="NVIDIA H100 datasheet (SXM)",
                  notes="HGX/DGX H100: 8 GPUs per server over NVSwitch."),
     # Source: NVIDIA H200 Tensor Core GPU datasheet (H200 SXM column): same Hopper compute as the
     # H100 SXM (BF16 1,979 / FP8 3,958 TFLOPS with sparsity -> 989.5 / 1,979 dense), 141 GB
-    # HBM3e, 4.8 TB/s, NVLink 900 GB/s.
+    # HBM3e, 4.8 TB/s, NVLink 900 GB/s. DCN: HGX H200 reference servers, 8 x 400 Gb/s NICs.
     "h200": Chip("h200", "nvidia", bf16_flops=989.5 * T, fp8_flops=1979 * T, int8_ops=1979 * T,
                  fp32_flops=67 * T, hbm_bytes=141 * GB, hbm_bw=4800 * GB, ici_bw=900 * GB,
+                 dcn_bw=8 * 400e9 / 8,
                  chips_per_host=8, source="NVIDIA H200 datasheet (SXM)",
                  notes="HGX H200: 8 GPUs per server over NVSwitch."),
 }
@@ -174,8 +194,6 @@ def detect_device(device=None) -> str:
     wrong entry.
     """
     if device is None:
-        import jax
-
         device = jax.devices()[0]
     kind = device if isinstance(device, str) else device.device_kind
     if not isinstance(device, str) and getattr(device, "platform", "") == "cpu":
@@ -194,9 +212,7 @@ def measure_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) ->
 
 @functools.cache
 def _measure_matmul(dtype: str, n: int, repeats: int) -> float:
-    from vishwamai.benchmarks.harness import measure_matmul_peak
-
-    return measure_matmul_peak(dtype, n, repeats)
+    return matmul_peak(dtype, n, repeats)
 
 
 def _normalise_dtype(dtype) -> str:

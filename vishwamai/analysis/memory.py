@@ -21,8 +21,8 @@ Conventions:
 """
 from __future__ import annotations
 
-from vishwamai.analysis.params import _cfg, bytes_per, count_params
-from vishwamai.config import REMAT_POLICIES, ModelConfig
+from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai.config import REMAT_POLICIES, ModelConfig, as_config
 
 OPTIMIZERS = ("adamw", "adamw_param_dtype", "sgd", "adafactor", "none")
 ATTENTIONS = ("reference", "xla", "flash")
@@ -82,7 +82,7 @@ def saved_per_layer(cfg: ModelConfig | str, *, batch: int, seq_len: int,
       dots_no_batch: as dots without the batched attention matmuls (scores and PV product).
       qkv_proj: block input (c per D) and the named q, k, v projections.
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     remat = c.remat if remat is None else remat
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
@@ -132,7 +132,7 @@ def saved_outside_layers(cfg: ModelConfig | str, *, batch: int, seq_len: int,
     """
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {LOSSES}")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     cb = bytes_per(c.dtype)
     BT = batch * seq_len
     D, V = c.hidden_dim, c.vocab_size
@@ -156,7 +156,7 @@ def activation_bytes(cfg: ModelConfig | str, *, batch: int, seq_len: int,
       (`saved_outside_layers` total), saved (layers + outside), workspace (estimate, module
       docstring), peak (saved + workspace).
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     remat = c.remat if remat is None else remat
     per = saved_per_layer(c, batch=batch, seq_len=seq_len, remat=remat, attention=attention)
     outside = saved_outside_layers(c, batch=batch, seq_len=seq_len, loss=loss)
@@ -185,7 +185,7 @@ def optimizer_bytes(cfg: ModelConfig | str, optimizer: str = "adamw") -> dict:
     """Optimizer state bytes: moments and (for low-precision parameters) f32 master weights."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     n = count_params(c)["total"]
     low_precision = bytes_per(c.param_dtype) < F32
     moments = {"adamw": 2 * F32 * n, "adamw_param_dtype": 2 * bytes_per(c.param_dtype) * n,
@@ -201,21 +201,21 @@ def kv_cache_bytes(cfg: ModelConfig | str, batch: int, seq_len: int, dtype=None)
     2 (K and V) * L * B * S * K_heads * H * bytes(dtype); dtype defaults to the compute dtype,
     which is what `VishwamAI.init_cache` allocates. GQA shrinks it by N/K against multi-head.
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     return (2 * c.num_layers * batch * seq_len * c.num_kv_heads * c.head_dim
             * bytes_per(dtype or c.dtype))
 
 
 def logits_bytes(cfg_or_vocab, batch: int, seq_len: int, dtype="float32") -> int:
     """Bytes of full logits [B, T, V] (the seed's OOM buffer: 32*512*32000*4 = 2,097,152,000)."""
-    V = cfg_or_vocab if isinstance(cfg_or_vocab, int) else _cfg(cfg_or_vocab).vocab_size
+    V = cfg_or_vocab if isinstance(cfg_or_vocab, int) else as_config(cfg_or_vocab).vocab_size
     return batch * seq_len * V * bytes_per(dtype)
 
 
 def attention_scores_bytes(cfg: ModelConfig | str, batch: int, seq_len: int,
                            kv_len: int | None = None, dtype="float32") -> int:
     """Bytes of one layer's score matrix [B, N, T, S] (what a dense attention materialises)."""
-    c = _cfg(cfg)
+    c = as_config(cfg)
     S = seq_len if kv_len is None else kv_len
     return batch * c.num_heads * seq_len * S * bytes_per(dtype)
 
@@ -242,7 +242,7 @@ def memory(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "tra
     """
     if mode not in ("train", "inference"):
         raise ValueError(f"mode={mode!r} is not one of ('train', 'inference')")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     n = count_params(c)["total"]
     pb = bytes_per(c.param_dtype)
     out = {"params": n * pb, "grads": 0, "optimizer": 0, "activations": 0, "workspace": 0,
@@ -273,7 +273,7 @@ def forward_working_set(cfg: ModelConfig | str, *, batch: int, seq_len: int,
     ([B,T,(N+2K)H]), the MLP input projection and activation ([B,T,F] x 2, gated 3), in the
     compute dtype; with dense attention, the f32 scores and probabilities [B,N,T,S] x 2.
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     cb = bytes_per(c.dtype)
     S = seq_len if kv_len is None else kv_len
     BT = batch * seq_len
@@ -282,21 +282,3 @@ def forward_working_set(cfg: ModelConfig | str, *, batch: int, seq_len: int,
     scores = 2 * F32 * batch * c.num_heads * seq_len * S if dense else 0
     return (BT * (3 * c.hidden_dim + (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
                   + wi * c.mlp_dim) * cb + scores)
-
-
-def compiled_memory(compiled) -> dict:
-    """`memory_analysis()` of a compiled JAX computation as a dict of bytes.
-
-    argument (inputs), output, alias (outputs sharing an input buffer), temp (XLA's packed
-    scratch heap: everything else live during the program), peak (argument + output - alias +
-    temp, the program's footprint).
-    """
-    ma = compiled.memory_analysis()
-    out = {
-        "argument": int(ma.argument_size_in_bytes),
-        "output": int(ma.output_size_in_bytes),
-        "alias": int(ma.alias_size_in_bytes),
-        "temp": int(ma.temp_size_in_bytes),
-    }
-    out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
-    return out

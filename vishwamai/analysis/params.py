@@ -3,7 +3,8 @@
 Shape letters: V vocab, L layers, D hidden_dim, N query heads, K kv heads, H head_dim,
 F mlp_dim. The tree this mirrors (`VishwamAI(cfg).abstract_params()`):
   token_embed/embedding [V, D]; position_embed/embedding [max_seq_len, D] (learned positions);
-  layer_i/attention/{query [D,N,H], key [D,K,H], value [D,K,H], out [N,H,D]}/{kernel, bias?};
+  layer_i/attention/{query [D,N,H], key [D,K,H], value [D,K,H], out [N,H,D]}/{kernel, bias?}
+    (q/k/v biases [N,H]/[K,H] with use_bias or qkv_bias; the out bias [D] with use_bias only);
   layer_i/mlp/wi [D,2,F] (gated) or [D,F], wo [F,D] (+ biases);
   layer_i/{pre_attention_norm, pre_mlp_norm}, final_norm: scale [D] (+ bias [D] for LayerNorm
   with use_bias); lm_head/kernel [D, V] when embeddings are untied.
@@ -12,17 +13,15 @@ leading L axis: the same elements, so every count here holds for both layouts.
 """
 from __future__ import annotations
 
-from vishwamai.config import DTYPES, ModelConfig, get_preset
+import math
+
+import jax
+import numpy as np
+
+from vishwamai.config import DTYPES, PARAM_COMPONENTS, ModelConfig, as_config
 
 # The disjoint components whose sum is 'total' (plot these; the other keys are derived).
-COMPONENTS = ("embedding", "positions", "attention_q", "attention_k", "attention_v",
-              "attention_o", "mlp", "norms", "head")
-
-
-def _cfg(cfg) -> ModelConfig:
-    if isinstance(cfg, str):
-        return get_preset(cfg)
-    return ModelConfig.from_dict(cfg)
+COMPONENTS = PARAM_COMPONENTS
 
 
 def count_params(cfg: ModelConfig | str) -> dict:
@@ -40,13 +39,14 @@ def count_params(cfg: ModelConfig | str) -> dict:
       that enter a matmul per token, the tied embedding counted once as the head: the basis of
       the 2*N FLOPs per token rule).
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     V, L, D, N, K, H, F = (c.vocab_size, c.num_layers, c.hidden_dim, c.num_heads,
                            c.num_kv_heads, c.head_dim, c.mlp_dim)
     bias = c.use_bias
-    q = D * N * H + (N * H if bias else 0)
-    k = D * K * H + (K * H if bias else 0)
-    v = D * K * H + (K * H if bias else 0)
+    qkv_bias = c.attention_qkv_bias
+    q = D * N * H + (N * H if qkv_bias else 0)
+    k = D * K * H + (K * H if qkv_bias else 0)
+    v = D * K * H + (K * H if qkv_bias else 0)
     o = N * H * D + (D if bias else 0)
     wi_cols = 2 * F if c.gated_mlp else F
     mlp = D * wi_cols + F * D + ((wi_cols + D) if bias else 0)
@@ -72,14 +72,12 @@ def count_params(cfg: ModelConfig | str) -> dict:
 
 def param_bytes(cfg: ModelConfig | str, dtype: str | None = None) -> int:
     """Bytes of all parameters stored in `dtype` (default: the config's `param_dtype`)."""
-    c = _cfg(cfg)
+    c = as_config(cfg)
     return count_params(c)["total"] * bytes_per(dtype or c.param_dtype)
 
 
 def bytes_per(dtype) -> int:
     """Bytes of one element of `dtype` ('float32', 'bfloat16', 'int8', 'float8_e4m3fn', ...)."""
-    import numpy as np
-
     name = str(getattr(dtype, "name", dtype))
     if name in DTYPES:
         return np.dtype(DTYPES[name]).itemsize
@@ -90,39 +88,4 @@ def bytes_per(dtype) -> int:
 
 def tree_param_count(params) -> int:
     """Elements in a parameter pytree (arrays or `ShapeDtypeStruct`s): the independent check."""
-    import math
-
-    import jax
-
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-
-
-def shape_summary(cfg: ModelConfig | str, seq_len: int | None = None) -> dict:
-    """Depth, width and scaling figures of one config, from its real fields.
-
-    (The seed computed these from keys its configs never had and raised KeyError.)
-    Returns: D, L, N, K, H, F; attention_width_ratio N*H/D (1 for most models; the seed's XL
-    has 1.5); mlp_ratio F/D; gqa_group N/K; depth_to_width L/(D/64) (the seed's ratio: layers
-    per 64 channels); params, non_embedding, embedding_share; per_layer params;
-    train_flops_per_token (6N + attention at `seq_len`, default max_seq_len, causal half);
-    kv_bytes_per_token (all layers, compute dtype).
-    """
-    from vishwamai.analysis.flops import flops
-
-    c = _cfg(cfg)
-    T = c.max_seq_len if seq_len is None else seq_len
-    p = count_params(c)
-    f = flops(c, batch=1, seq_len=T, mode="train", remat="none")
-    return {
-        "D": c.hidden_dim, "L": c.num_layers, "N": c.num_heads, "K": c.num_kv_heads,
-        "H": c.head_dim, "F": c.mlp_dim,
-        "attention_width_ratio": c.q_dim / c.hidden_dim,
-        "mlp_ratio": c.mlp_dim / c.hidden_dim,
-        "gqa_group": c.num_heads // c.num_kv_heads,
-        "depth_to_width": c.num_layers / (c.hidden_dim / 64),
-        "params": p["total"], "non_embedding": p["non_embedding"],
-        "embedding_share": (p["embedding"] + p["positions"] + p["head"]) / p["total"],
-        "per_layer": p["per_layer"],
-        "train_flops_per_token": f["model"] / T,
-        "kv_bytes_per_token": 2 * c.num_layers * c.num_kv_heads * c.head_dim * bytes_per(c.dtype),
-    }

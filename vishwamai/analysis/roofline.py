@@ -20,8 +20,8 @@ from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
 from vishwamai.analysis.memory import (F32, _attention_kind, activation_bytes,
                                        forward_working_set, kv_cache_bytes, optimizer_bytes,
                                        saved_per_layer)
-from vishwamai.analysis.params import _cfg, bytes_per, count_params
-from vishwamai.config import ModelConfig
+from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai.config import ModelConfig, as_config
 
 SHARDINGS = ("data", "fsdp", "tensor")
 
@@ -57,7 +57,7 @@ def hbm_traffic(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str =
     mode 'decode': weights read once, the KV cache of `cache_len` positions read, one position
       written; `batch` tokens per step.
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     n = count_params(c)["total"]
     pb = bytes_per(c.param_dtype)
     cb = bytes_per(c.dtype)
@@ -93,7 +93,7 @@ def step_roofline(cfg: ModelConfig | str, hardware: str | Chip, *, batch: int, s
     'decode' one token per sequence against `cache_len` cached positions. Adds
     tokens_per_s = tokens in the step / time_s (the roofline's upper bound).
     """
-    c = _cfg(cfg)
+    c = as_config(cfg)
     if mode == "train":
         f = flops(c, batch=batch, seq_len=seq_len, mode="train", remat=remat)["hardware"]
         tokens = batch * seq_len
@@ -124,7 +124,7 @@ def tokens_per_second(cfg: ModelConfig | str, hardware: str | Chip, *, seq_len: 
     """
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1]; got {mfu!r}")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     peak, source = peak_flops(dtype, get_chip(hardware))
     per_token = flops(c, batch=1, seq_len=seq_len, mode=mode, convention=convention,
                       remat="none")["model"] / seq_len
@@ -168,7 +168,7 @@ def plan(cfg: ModelConfig | str, hardware: str | Chip, chips: int, *, batch: int
         raise ValueError(f"mode={mode!r} is not one of ('train', 'serve')")
     if not (isinstance(chips, int) and chips >= 1):
         raise ValueError(f"chips must be an int >= 1; got {chips!r}")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     chip = get_chip(hardware)
     n = count_params(c)["total"]
     pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
@@ -250,7 +250,7 @@ def sharded_param_count(cfg: ModelConfig | str, layout: str, chips: int) -> floa
     """Parameters one chip holds under a named layout: 'data' replicates, 'fsdp' splits every
     matrix along D (embed), 'tensor' splits heads, MLP columns and the vocabulary; norms stay
     whole."""
-    c = _cfg(cfg)
+    c = as_config(cfg)
     p = count_params(c)
     w = _split_ways(c, layout, chips)
     if layout == "fsdp":
@@ -297,7 +297,7 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
         raise ValueError(f"mode={mode!r} is not one of {MODES_PER_CHIP}")
     if not (isinstance(chips, int) and chips >= 1):
         raise ValueError(f"chips must be an int >= 1; got {chips!r}")
-    c = _cfg(cfg)
+    c = as_config(cfg)
     pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
     n = count_params(c)["total"]
     n_chip = sharded_param_count(c, layout, chips)

@@ -7,7 +7,7 @@ on the same inputs `q [B, T, N, H]`, `k, v [B, T, K, H]` (self-attention, causal
 - **memory**: `temp_size_in_bytes` from `jit(grad).lower(...).compile().memory_analysis()`,
   the scratch XLA allocates for one forward+backward (the gradient of `sum(out)` w.r.t.
   q, k, v), beside the forward-only figure, with the log-log slope of each against T;
-- **time**: forward+backward wall time (`harness.time_fn`: compile apart, warm-up, median of
+- **time**: forward+backward wall time (`vishwamai.measure.time_fn`: compile apart, warm-up, median of
   repeats); a length that runs out of memory becomes a row saying so.
 
 The seed's estimates (`attention_memory = B*N*T*T*2`, flash `B*N*T*2` bytes) are reported
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vishwamai.benchmarks.harness import compile_time, env_info, is_oom, save_results, time_fn
+from vishwamai.benchmarks.harness import save_results
+from vishwamai.measure import CompiledStats, compile_time, env_info, is_oom, time_fn
 from vishwamai.kernels import attention as attn
 
 # Memory is read from the compiler (nothing runs), so it sweeps further than time does.
@@ -112,14 +113,13 @@ def memory_row(impl: str, T: int, *, B: int = 1, N: int = 8, K: int | None = Non
     try:
         compiled, t = compile_time(fwd_bwd_fn(impl, causal=causal, block_q=block_q,
                                               block_k=block_k), q, kv, kv)
-        mem = compiled.memory_analysis()
-        row.update(temp_bytes=int(mem.temp_size_in_bytes),
-                   argument_bytes=int(mem.argument_size_in_bytes),
-                   output_bytes=int(mem.output_size_in_bytes), compile_s=t)
+        mem = CompiledStats.of(compiled)
+        row.update(temp_bytes=int(mem.temp_bytes), argument_bytes=int(mem.argument_bytes),
+                   output_bytes=int(mem.output_bytes), compile_s=t)
         if forward_too:
             compiled, _ = compile_time(fwd_fn(impl, causal=causal, block_q=block_q,
                                               block_k=block_k), q, kv, kv)
-            row["temp_bytes_fwd"] = int(compiled.memory_analysis().temp_size_in_bytes)
+            row["temp_bytes_fwd"] = int(CompiledStats.of(compiled).temp_bytes)
         row["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - a failed point is a row, the sweep goes on
         row.update(status="oom" if is_oom(exc) else "error", error=_error_text(exc))

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 
 import jax
 import jax.numpy as jnp
 
-from vishwamai.benchmarks.harness import compile_time, env_info, is_oom, time_fn
-from vishwamai.kernels.kernel import fp8_gemm_optimized, quantize_fp8, scaled_fp8_matmul
+from vishwamai.measure import CompiledStats, compile_time, env_info, is_oom, time_fn
+from vishwamai.kernels.fp8 import fp8_gemm_optimized, quantize_fp8, scaled_fp8_matmul
 
 VARIANTS = ("bf16", "fp8_tensor", "fp8_row", "fp8_block", "fp8_gemm")
 DEFAULT_SIZES = {"cpu": (256, 512, 1024)}
@@ -63,13 +64,8 @@ def gemm_kind(hlo_text: str) -> dict:
 
 
 def _xla_flops(compiled) -> float | None:
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # some backends do not implement it
-        return None
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    return float(cost["flops"]) if cost and "flops" in cost else None
+    flops = CompiledStats.of(compiled).flops
+    return None if math.isnan(flops) else flops
 
 
 def measure(size: int | tuple[int, int, int], variant: str, *, block_size: int = 128,

@@ -1,6 +1,6 @@
 """Whole-model measurements: forward latency/throughput and training tokens/s, with MFU.
 
-Conventions (DESIGN.md): compile measured apart, warm-up first, `block_until_ready` at both
+Conventions: compile measured apart, warm-up first, `block_until_ready` at both
 edges, median and spread over repeats, out-of-memory recorded as a row. MFU divides *model*
 FLOPs (`vishwamai.analysis.flops(...)['model']`: 2N per token forward, 6N trained, plus causal
 attention; rematerialisation excluded) by the device peak. On CPU that peak is a jitted-matmul
@@ -15,17 +15,24 @@ from typing import Any, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
-from vishwamai.benchmarks.harness import (compile_time, device_peak, run_sweep, time_fn)
-from vishwamai.config import ModelConfig, get_preset, resolve_preset
+from vishwamai import train
+from vishwamai.analysis.flops import flops as analytic_flops
+from vishwamai.benchmarks import baseline
+from vishwamai.benchmarks.harness import device_peak, peak_after, run_sweep
+from vishwamai.config import ModelConfig, as_config, resolve_preset
+from vishwamai.measure import CompiledStats, compile_time, spread, time_fn
+from vishwamai.model import VishwamAI
+from vishwamai.profiler import TPUProfiler
+from vishwamai.transformer import create_vishwamai_transformer
 
 
 def _config(preset_or_cfg, *, dtype: str | None = None, attention_impl: str | None = None,
             remat: str | None = None) -> ModelConfig:
     if isinstance(preset_or_cfg, str):
-        cfg = get_preset(resolve_preset(preset_or_cfg, cpu="small"))
-    else:
-        cfg = ModelConfig.from_dict(preset_or_cfg)
+        preset_or_cfg = resolve_preset(preset_or_cfg, cpu="small")
+    cfg = as_config(preset_or_cfg)
     changes = {k: v for k, v in (("dtype", dtype), ("attention_impl", attention_impl),
                                   ("remat", remat)) if v is not None}
     # Benchmarks measure the deterministic forward/backward: dropout off.
@@ -33,42 +40,11 @@ def _config(preset_or_cfg, *, dtype: str | None = None, attention_impl: str | No
     return cfg.replace(**changes)
 
 
-def _analysis_flops():
-    """`vishwamai.analysis.flops` the function (the package may export the module or the
-    function under that name), or None when the analysis library is missing."""
-    try:
-        from vishwamai import analysis
-    except ImportError:
-        return None
-    f = getattr(analysis, "flops", None)
-    if f is not None and not callable(f):
-        f = getattr(f, "flops", None)
-    if f is None:
-        try:
-            from vishwamai.analysis.flops import flops as f
-        except ImportError:
-            return None
-    return f
-
-
-def _flops_estimate(cfg: ModelConfig, batch: int, seq_len: int) -> float:
-    """Forward model FLOPs when the analysis library is missing: 2 per matmul weight per token
-    (logits included) plus causal attention (QK^T and PV over T*T/2 pairs per head)."""
-    D, F, L, V = cfg.hidden_dim, cfg.mlp_dim, cfg.num_layers, cfg.vocab_size
-    weights = L * (2 * D * cfg.q_dim + 2 * D * cfg.kv_dim + D * F * (3 if cfg.gated_mlp else 2))
-    attn = L * 4 * batch * cfg.num_heads * cfg.head_dim * seq_len * seq_len / 2
-    return 2.0 * (weights + D * V) * batch * seq_len + attn
-
-
 def model_flops(cfg: ModelConfig, batch: int, seq_len: int, mode: str) -> dict:
     """{'model': MFU numerator, 'hardware': HFU numerator (remat included), 'source'}."""
-    f = _analysis_flops()
-    if f is not None:
-        r = f(cfg, batch=batch, seq_len=seq_len, mode=mode)
-        return {"model": float(r["model"]), "hardware": float(r["hardware"]),
-                "source": "vishwamai.analysis.flops"}
-    m = _flops_estimate(cfg, batch, seq_len) * (3 if mode == "train" else 1)
-    return {"model": m, "hardware": m, "source": "fallback estimate (analysis missing)"}
+    r = analytic_flops(cfg, batch=batch, seq_len=seq_len, mode=mode)
+    return {"model": float(r["model"]), "hardware": float(r["hardware"]),
+            "source": "vishwamai.analysis.flops"}
 
 
 def _tokens(cfg, batch_size, seq_len, seed=0):
@@ -76,27 +52,11 @@ def _tokens(cfg, batch_size, seq_len, seed=0):
                               cfg.vocab_size, dtype=jnp.int32)
 
 
-def _memory(compiled) -> dict:
-    try:
-        ma = compiled.memory_analysis()
-    except Exception:
-        ma = None
-    if ma is None:
-        return {"compiled_peak_bytes": float("nan")}
-    return {"compiled_peak_bytes": float(ma.argument_size_in_bytes + ma.output_size_in_bytes
-                                         - ma.alias_size_in_bytes + ma.temp_size_in_bytes)}
-
-
-def _xla_cost(compiled) -> dict:
-    """The compiler's own FLOP and byte counts (`cost_analysis()`), NaN where unavailable."""
-    try:
-        ca = compiled.cost_analysis()
-        if isinstance(ca, (list, tuple)):
-            ca = ca[0] if ca else {}
-        return {"xla_flops": float(ca.get("flops", float("nan"))),
-                "xla_bytes": float(ca.get("bytes accessed", float("nan")))}
-    except Exception:
-        return {"xla_flops": float("nan"), "xla_bytes": float("nan")}
+def _compiled_fields(compiled) -> dict:
+    """The compiler's own FLOP and byte counts and footprint of one executable."""
+    st = CompiledStats.of(compiled)
+    return {"xla_flops": st.flops, "xla_bytes": st.bytes_accessed,
+            "compiled_peak_bytes": st.peak_bytes}
 
 
 def measure_forward(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 256, *,
@@ -108,7 +68,6 @@ def measure_forward(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 2
     model_flops, achieved_flops_per_s (model FLOPs / median), xla_flops (the compiler's count)
     and compiled_peak_bytes.
     """
-    from vishwamai.model import VishwamAI
     cfg = _config(preset_or_cfg, dtype=dtype, attention_impl=attention_impl)
     model = VishwamAI(cfg)
     params = model.init(jax.random.PRNGKey(seed)) if params is None else params
@@ -123,7 +82,7 @@ def measure_forward(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 2
         "min_s": t["min_s"], "p10_s": t["p10_s"], "p90_s": t["p90_s"],
         "tokens_per_s": batch_size * seq_len / t["median_s"],
         "model_flops": f["model"], "achieved_flops_per_s": f["model"] / t["median_s"],
-        **_xla_cost(compiled), **_memory(compiled),
+        **_compiled_fields(compiled),
     }
 
 
@@ -137,7 +96,6 @@ def measure_train(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 256
     Returns a row like `measure_forward` plus hardware_flops (remat recomputation included)
     and the final loss (a finite-number check).
     """
-    from vishwamai import train
     cfg = _config(preset_or_cfg, dtype=dtype, attention_impl=attention_impl, remat=remat)
     opt = train.make_optimizer(warmup_steps=1, total_steps=10_000)
     kw = {} if chunk_size is None else {"chunk_size": chunk_size}
@@ -145,31 +103,24 @@ def measure_train(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 256
     state = train.create_train_state(step.model, opt, jax.random.PRNGKey(seed))
     batch = _tokens(cfg, batch_size, seq_len + 1, seed)
     compiled, c_s = compile_time(step, state, batch)
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    first = time.perf_counter() - t0
-    for _ in range(warmup - 1):
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    t = np.asarray(times)
-    med = float(np.median(t))
+    box = {"state": state}
+
+    def one_step():                      # the state is donated: carry it from call to call
+        box["state"], box["metrics"] = compiled(box["state"], batch)
+        return box["state"], box["metrics"]
+
+    t = time_fn(one_step, warmup=warmup, repeats=repeats)
+    med = t["median_s"]
     f = model_flops(cfg, batch_size, seq_len, "train")
     return {
         "model": cfg.name, "dtype": cfg.dtype, "remat": cfg.remat,
         "attention_impl": cfg.attention_impl, "accum_steps": accum_steps,
-        "compile_s": c_s, "first_call_s": first, "median_s": med, "min_s": float(t.min()),
-        "p10_s": float(np.percentile(t, 10)), "p90_s": float(np.percentile(t, 90)),
+        "compile_s": c_s, "first_call_s": t["first_call_s"], "median_s": med,
+        "min_s": t["min_s"], "p10_s": t["p10_s"], "p90_s": t["p90_s"],
         "tokens_per_s": batch_size * seq_len / med,
         "model_flops": f["model"], "hardware_flops": f["hardware"],
-        "achieved_flops_per_s": f["model"] / med, **_xla_cost(compiled),
-        "loss": float(metrics["loss"]), **_memory(compiled),
+        "achieved_flops_per_s": f["model"] / med, **_compiled_fields(compiled),
+        "loss": float(box["metrics"]["loss"]),
     }
 
 
@@ -209,12 +160,8 @@ def sweep(kind: str, preset_or_cfg="small", *, batch_sizes: Sequence[int] = (8,)
 
     rows = run_sweep(one, _grid(batch_sizes, seq_lens, **kw), desc=f"{kind} {cfg.name}",
                      progress=progress)
-    if peak is None and jax.default_backend() == "cpu":
-        after = device_peak(cfg.dtype)
-        chosen = max(before[0], after[0])
-        source = (f"{before[1]}; higher of {before[0] / 1e9:.1f} (before) and "
-                  f"{after[0] / 1e9:.1f} (after) GFLOP/s")
-        before = (chosen, source)
+    if peak is None:
+        before = peak_after(before, cfg.dtype)
     for r in rows:
         r["kind"] = kind
     return add_mfu(rows, *before)
@@ -234,9 +181,6 @@ def versus_baseline(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 2
     `baseline_mfu` and `speedup` (baseline median / vishwamai median). The peak is the CPU's
     matmul peak (the higher of a reading before and after the timings) or the device table's.
     """
-    from vishwamai import train
-    from vishwamai.benchmarks import baseline
-    from vishwamai.model import VishwamAI
     for k in kinds:
         if k not in ("forward", "train"):
             raise ValueError(f"kinds must be drawn from ('forward', 'train'); got {k!r}")
@@ -281,38 +225,32 @@ def versus_baseline(preset_or_cfg="small", batch_size: int = 8, seq_len: int = 2
             jax.block_until_ready(f())
     peak = device_peak(cfg.dtype)
     times = {(k, who): [] for k in runs for who in (0, 1)}
-    it = range(repeats)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc=f"vishwamai vs baseline ({cfg.name})", leave=False)
-    for _ in it:
+    for _ in tqdm(range(repeats), desc=f"vishwamai vs baseline ({cfg.name})", leave=False,
+                  disable=not progress):
         for k, pair in runs.items():
             for who, f in enumerate(pair):
                 t0 = time.perf_counter()
                 jax.block_until_ready(f())
                 times[(k, who)].append(time.perf_counter() - t0)
-    if jax.default_backend() == "cpu":
-        after = device_peak(cfg.dtype)
-        peak = (max(peak[0], after[0]), f"{peak[1]}; higher of {peak[0] / 1e9:.1f} (before) "
-                f"and {after[0] / 1e9:.1f} (after) GFLOP/s")
+    peak = peak_after(peak, cfg.dtype)
     rows = []
     for k in runs:
-        t, tb = (np.asarray(times[(k, w)]) for w in (0, 1))
-        med, med_b = float(np.median(t)), float(np.median(tb))
+        t, tb = spread(times[(k, 0)]), spread(times[(k, 1)])
+        med, med_b = t["median_s"], tb["median_s"]
         f = model_flops(cfg, batch_size, seq_len, k)
         row = {"kind": k, "model": cfg.name, "dtype": cfg.dtype, "batch_size": batch_size,
                "seq_len": seq_len, "status": "ok", "repeats": repeats,
-               "compile_s": info[k]["compile_s"], "median_s": med, "min_s": float(t.min()),
-               "p10_s": float(np.percentile(t, 10)), "p90_s": float(np.percentile(t, 90)),
+               "compile_s": info[k]["compile_s"], "median_s": med, "min_s": t["min_s"],
+               "p10_s": t["p10_s"], "p90_s": t["p90_s"],
                "tokens_per_s": batch_size * seq_len / med,
                "model_flops": f["model"], "hardware_flops": f["hardware"],
                "achieved_flops_per_s": f["model"] / med,
-               **_xla_cost(info[k]["compiled"]), **_memory(info[k]["compiled"])}
+               **_compiled_fields(info[k]["compiled"])}
         if k == "train":
             row["loss"] = float(info[k]["box"]["metrics"]["loss"])
         add_mfu([row], *peak)
         row.update({"baseline_compile_s": info[k]["baseline_compile_s"],
-                    "baseline_median_s": med_b, "baseline_min_s": float(tb.min()),
+                    "baseline_median_s": med_b, "baseline_min_s": tb["min_s"],
                     "baseline_tokens_per_s": batch_size * seq_len / med_b,
                     "baseline_mfu": f["model"] / med_b / peak[0], "speedup": med_b / med})
         rows.append(row)
@@ -338,8 +276,6 @@ def benchmark_tpu_performance(config: Any, *, batch_size: int = 32, seq_len: int
     Returns the seed's keys (forward_latency, tokens_per_second, tpu_utilization,
     memory_efficiency) plus their sources and the profiler summary.
     """
-    from vishwamai.profiler import TPUProfiler
-    from vishwamai.transformer import create_vishwamai_transformer
     if isinstance(config, dict) and "batch_size" in config:
         batch_size = int(config["batch_size"])
     cfg = _config(config)
@@ -355,9 +291,9 @@ def benchmark_tpu_performance(config: Any, *, batch_size: int = 32, seq_len: int
         apply(variables, x)
     times = []
     for _ in range(repeats):
-        with profiler.profile_region("forward", flops=flops):
+        with profiler.profile_region("forward", flops=flops) as region:
             apply(variables, x)
-        times.append(profiler._calls[-1].wall_s)
+        times.append(region.wall_s)
     latency = float(np.median(times))
     metrics = profiler.get_metrics_summary()
     fwd = metrics["regions"]["forward"]
@@ -378,7 +314,7 @@ _VARIABLES: dict = {}
 
 
 def _init_variables(model):
-    key = (type(model).__name__, ModelConfig.from_dict(model.config))
+    key = (type(model).__name__, as_config(model.config))
     if key not in _VARIABLES:
         _VARIABLES.clear()                       # keep one model's weights alive at most
         _VARIABLES[key] = jax.jit(model.init)(jax.random.PRNGKey(0),

@@ -30,12 +30,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from vishwamai.kernels.target import backend as _backend
 
-IMPLEMENTATIONS = ("auto", "reference", "flash", "xla", "cudnn", "pallas_tpu")
+from vishwamai.compat import upcast_for_cpu
+from vishwamai.config import ATTENTION_IMPLS
+
+IMPLEMENTATIONS = ATTENTION_IMPLS
 
 # Default (block_q, block_k) of `flash_attention` per backend. The CPU pair was chosen with
 # `python -m vishwamai.benchmarks.attention --tune --seq-lens 4096` (2-core AVX-512 host, B=1,
@@ -327,7 +331,6 @@ def flash_tile_map(T: int, S: int, *, causal: bool = True, block_q: int | None =
     """Which `[block_q, block_k]` tiles `flash_attention` computes, as an int array
     `[n_q, n_k]`: 0 skipped by the loop bounds, 1 computed whole, 2 computed with masked pairs
     (the causal diagonal and internal key padding). The same block plan as the kernel."""
-    import numpy as np
     default_q, default_k = DEFAULT_BLOCKS.get(backend or _backend(),
                                               DEFAULT_BLOCKS["gpu"])
     bq, n_q = _plan_blocks(T, block_q or default_q)
@@ -452,9 +455,11 @@ def _jax_nn_attention(q, k, v, *, causal, mask, scale, kv_lengths, q_segment_ids
         same = jnp.asarray(q_segment_ids)[:, :, None] == jnp.asarray(kv_segment_ids)[:, None, :]
         dense = same[:, None] if dense is None else dense & same[:, None]
     lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+    dtype = q.dtype
+    q, k, v = upcast_for_cpu(q, k, v)       # the bf16 dot jax.nn asks for, where a CPU can't
     out = jax.nn.dot_product_attention(
         q, k, v, mask=dense, scale=scale, is_causal=causal,
-        key_value_seq_lengths=lengths, implementation=implementation)
+        key_value_seq_lengths=lengths, implementation=implementation).astype(dtype)
     # jax.nn gives a fully masked row the mean of v (uniform softmax over a large negative
     # logit); this module's contract is zeros. The where also zeroes those rows' gradients.
     if dense is not None:

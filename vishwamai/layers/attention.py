@@ -28,32 +28,46 @@ class FlashAttention(nn.Module):
     implementation: str | None = None
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, *, deterministic: bool = True, decode: bool = False):
+    def __call__(self, x_BTD, positions_BT, *, deterministic: bool = True, decode: bool = False,
+                 kv_valid_BS=None):
         """Args:
           x_BTD: `[B, T, D]` normalised input.
           positions_BT: `[B, T]` absolute positions (used by RoPE).
           decode: read and append to the 'cache' collection (`cached_key`, `cached_value`,
             `cache_index`); the cache length is fixed by the input length seen at init.
+          kv_valid_BS: optional bool `[B, S]`, False at padding keys (left-padded prompts).
+            S is T without `decode`, the cache length with it.
         Returns:
           `[B, T, D]`.
         """
         cfg = self.config
         impl = self.implementation or cfg.attention_impl
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q_BTNH = linear_for(cfg, (N, H), ("embed", "heads", "head_dim"), name="query")(x_BTD)
-        k_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), name="key")(x_BTD)
-        v_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), name="value")(x_BTD)
+        qkv_bias = cfg.attention_qkv_bias
+        q_BTNH = linear_for(cfg, (N, H), ("embed", "heads", "head_dim"), use_bias=qkv_bias,
+                            name="query")(x_BTD)
+        k_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), use_bias=qkv_bias,
+                            name="key")(x_BTD)
+        v_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), use_bias=qkv_bias,
+                            name="value")(x_BTD)
         q_BTNH = checkpoint_name(q_BTNH, "query_proj")
         k_BTKH = checkpoint_name(k_BTKH, "key_proj")
         v_BTKH = checkpoint_name(v_BTKH, "value_proj")
         if cfg.position == "rope":
-            q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta)
-            k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta)
+            scaling = cfg.rope_scaling_params
+            q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_theta, scaling)
+            k_BTKH = apply_rope(k_BTKH, positions_BT, cfg.rope_theta, scaling)
 
         causal, mask = True, None
         if decode:
             k_BTKH, v_BTKH, mask = self._update_cache(k_BTKH, v_BTKH)
             causal = mask is None
+        if kv_valid_BS is not None:
+            if kv_valid_BS.shape != k_BTKH.shape[:2]:
+                raise ValueError(f"kv_valid_BS must have shape [B, S]={k_BTKH.shape[:2]}; got "
+                                 f"{kv_valid_BS.shape}")
+            valid_B11S = kv_valid_BS.astype(bool)[:, None, None, :]
+            mask = valid_B11S if mask is None else mask & valid_B11S
         out_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, causal=causal, mask=mask,
                              implementation=impl)
         out_BTNH = nn.Dropout(cfg.dropout_rate)(out_BTNH, deterministic=deterministic)

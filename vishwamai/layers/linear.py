@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vishwamai.kernels.fp8 import fp8_gemm_optimized
+
 
 class Linear(nn.Module):
     """Contracts the last `in_axes` axes of x with a kernel `[*in_shape, *features]`.
@@ -46,7 +48,6 @@ class Linear(nn.Module):
         x = x.astype(self.dtype)
         batch_shape = x.shape[: x.ndim - self.in_axes]
         if self.use_fp8:
-            from vishwamai.kernels.kernel import fp8_gemm_optimized
             y = fp8_gemm_optimized(x.reshape(*batch_shape, prod(in_shape)),
                                    kernel.reshape(prod(in_shape), prod(features)),
                                    scaling=self.fp8_scaling, out_dtype=self.dtype)

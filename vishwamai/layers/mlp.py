@@ -1,4 +1,4 @@
-"""Feed-forward block: 2-matrix (GELU/ReLU) or gated 3-matrix (SwiGLU/GeGLU, Shazeer 2020)."""
+"""Feed-forward block: 2-matrix (GELU tanh or exact, ReLU) or gated 3-matrix (SwiGLU/GeGLU, Shazeer 2020)."""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -8,7 +8,9 @@ from jax.ad_checkpoint import checkpoint_name
 
 from vishwamai.layers.linear import linear_for
 
-_ACT = {"gelu": nn.gelu, "relu": nn.relu, "swiglu": nn.silu, "geglu": nn.gelu}
+# "gelu" is the tanh approximation (flax's default, GPT-2's `gelu_new`); "gelu_exact" the erf form.
+_ACT = {"gelu": nn.gelu, "gelu_exact": lambda x: nn.gelu(x, approximate=False), "relu": nn.relu,
+        "swiglu": nn.silu, "geglu": nn.gelu}
 
 
 def _gated(act):

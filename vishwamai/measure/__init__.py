@@ -3,10 +3,14 @@
 - `compiled`: `CompiledStats`, the one reader of a compiled executable's `cost_analysis()`,
   `memory_analysis()` and HLO collectives;
 - `timing`: warm-up, blocking, median and spread; the CPU's matmul peak and memory bandwidth;
-- `trace`: device busy time from a `jax.profiler` trace.
+- `trace`: device busy time from a `jax.profiler` trace;
+- `compiles`: how many XLA compilations a block of code triggers.
 """
+from vishwamai.measure.compiles import COMPILE_EVENT, count_compiles  # noqa: F401
 from vishwamai.measure.compiled import (COLLECTIVE_KINDS, CompiledStats,  # noqa: F401
-                                        collectives, cost_analysis)
+                                        collectives, compiled_flops, compiled_memory,
+                                        cost_analysis)
 from vishwamai.measure.timing import (block, compile_time, env_info, higher_peak,  # noqa: F401
-                                      is_oom, matmul_peak, memory_bandwidth, spread, time_fn)
+                                      is_oom, matmul_peak, matvec_bandwidth, memory_bandwidth, spread,
+                                      time_fn)
 from vishwamai.measure.trace import busy_fractions, union_length  # noqa: F401

@@ -124,3 +124,18 @@ class CompiledStats:
         d = dataclasses.asdict(self)
         d["peak_bytes"] = self.peak_bytes
         return d
+
+
+def compiled_flops(compiled) -> float:
+    """`CompiledStats.of(compiled).flops`: the compiler's FLOP count of one executable."""
+    return CompiledStats.of(compiled).flops
+
+
+def compiled_memory(compiled) -> dict:
+    """`CompiledStats.of(compiled).memory()`: argument, output, alias, temp and peak bytes.
+
+    argument (inputs), output, alias (outputs sharing an input buffer), temp (XLA's packed
+    scratch heap: everything else live during the program), peak (argument + output - alias +
+    temp, the program's footprint).
+    """
+    return CompiledStats.of(compiled).memory()

@@ -131,3 +131,20 @@ def memory_bandwidth(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
         f(x).block_until_ready()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * x.size * 4 / best
+
+
+def matvec_bandwidth(n: int = 8192, repeats: int = 5) -> float:
+    """Bytes/s a jitted [n, n] @ [n] float32 product reads its matrix at, the fastest of
+    `repeats`: the rate a decode step's weight reads get (a matrix-vector product per weight
+    matrix). On a CPU it can be several times `memory_bandwidth`'s elementwise rate (XLA's
+    CPU backend runs the two kinds of work differently)."""
+    w = jnp.ones((n, n), jnp.float32)
+    x = jnp.ones((n,), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    f(w, x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(w, x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return w.size * 4 / best

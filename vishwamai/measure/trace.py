@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from jax.profiler import ProfileData
+
 _CPU_NOISE = ("ThreadpoolListener", "ThunkExecutor", "end: ")
 
 
@@ -24,8 +26,6 @@ def busy_fractions(xplane_path: str, annotations: list[str]) -> dict:
     the host, the events of the XLA CPU runtime threads count (`tf_XLA*` lines, bookkeeping
     events excluded). Returns `{annotation: fraction}` for the annotations found.
     """
-    from jax.profiler import ProfileData  # the trace reader ships with jaxlib, loaded on use
-
     pd = ProfileData.from_file(xplane_path)
     windows: dict[str, tuple[float, float]] = {}
     device_iv, cpu_iv = [], []

@@ -1,4 +1,4 @@
-"""The independent checks: what the compiler and the real parameter tree say.
+"""The independent checks of `vishwamai.analysis`: what the compiler and the real tree say.
 
 Each function builds the real model for a config, compiles it with `jax.jit(...).lower(...)
 .compile()` on abstract inputs (nothing is allocated or run) and reads XLA's own accounting:
@@ -7,19 +7,20 @@ Each function builds the real model for a config, compiles it with `jax.jit(...)
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from vishwamai.analysis.flops import compiled_flops
-from vishwamai.analysis.memory import compiled_memory
-from vishwamai.analysis.params import _cfg, tree_param_count
-from vishwamai.config import ModelConfig
+from vishwamai.analysis.params import tree_param_count
+from vishwamai.config import ModelConfig, as_config
+from vishwamai.measure import compiled_flops, compiled_memory
+from vishwamai.model import VishwamAI
+from vishwamai.train import chunked_cross_entropy, head_weight
 
 
 def _model(cfg):
-    from vishwamai.model import VishwamAI
-
-    return VishwamAI(_cfg(cfg))
+    return VishwamAI(as_config(cfg))
 
 
 def _tokens(batch, seq_len):
@@ -70,8 +71,6 @@ def saved_activations(cfg: ModelConfig | str, *, batch: int, seq_len: int) -> in
     are subtracted. Independent of XLA's scheduling, so it shows each remat policy's effect on
     any backend.
     """
-    import math
-
     m = _model(cfg)
     fn = _forward_half(m)
     params = m.abstract_params()
@@ -88,8 +87,6 @@ def saved_activations(cfg: ModelConfig | str, *, batch: int, seq_len: int) -> in
 
 def kv_cache_tree_bytes(cfg: ModelConfig | str, batch: int, max_len: int) -> int:
     """Bytes of the KV cache the model really allocates (`init_cache`, via `eval_shape`)."""
-    import math
-
     m = _model(cfg)
     shapes = jax.eval_shape(lambda: m.init_cache(batch, max_len))
     # Selected by name: a scanned model stacks the [B, S, K, H] buffers into [L, B, S, K, H].
@@ -111,8 +108,6 @@ def loss_step(cfg: ModelConfig | str, *, batch: int, seq_len: int, loss: str = "
     if loss == "full":
         fn = lambda p, t: m.loss(p, t)  # noqa: E731
     elif loss == "chunked":
-        from vishwamai.train import chunked_cross_entropy, head_weight
-
         def fn(p, t):
             h = m.hidden(p, t[:, :-1])
             return chunked_cross_entropy(h, head_weight(p, c), t[:, 1:], chunk_size=chunk_size)
