@@ -1,10 +1,12 @@
-"""Benchmark harness CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,compile,report}`
+"""Benchmark CLI: `python -m vishwamai.bench {forward,train,baseline,attention,gemm,compile,aot,report}`
 
     python -m vishwamai.bench forward --preset small --batch 1 8 --seq 256 --out fwd.json
     python -m vishwamai.bench train --preset small --batch 8 --seq 256 --remat none full
     python -m vishwamai.bench baseline --preset small   # against plain Flax, timed alternately
     python -m vishwamai.bench attention ...          # vishwamai.benchmarks.attention
     python -m vishwamai.bench gemm ...               # vishwamai.benchmarks.gemm
+    python -m vishwamai.bench aot --preset tiny --topology v5e:2x2 --layout fsdp --mode train \
+        --batch 8 --seq 128 --out x.json           # XLA:TPU's own numbers, compiled on this host
     python -m vishwamai.bench report --out book/results/h100.json
     python -m vishwamai.bench compile --presets tiny base   # vishwamai.benchmarks.compilation
 
@@ -23,10 +25,12 @@ from typing import Sequence
 
 import pandas as pd
 
+from vishwamai.aot import LibtpuMissingError
 from vishwamai.benchmarks import attention as attention_bench
 from vishwamai.benchmarks import compilation
 from vishwamai.benchmarks import gemm as gemm_bench
 from vishwamai.benchmarks import model as mb
+from vishwamai.benchmarks import tpu_grid
 from vishwamai.benchmarks.harness import device_peak, results_frame, save_results
 from vishwamai.config import DTYPES, PRESETS, REMAT_POLICIES
 from vishwamai.measure import env_info
@@ -99,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive, default=3, help="timed repeats of each")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = sub.add_parser("aot", help="compile for a TPU topology with XLA:TPU (needs libtpu; "
+                       "nothing runs): per-chip memory, FLOPs, collectives, OOM verdicts, beside "
+                       "the planner's bytes (vishwamai.benchmarks.tpu_grid)")
+    tpu_grid.add_arguments(p)      # imports without libtpu; compiling needs it
+    p.set_defaults(_module=tpu_grid)
     p = sub.add_parser("report", help="the accelerator suite for the book, into one JSON file")
     p.add_argument("--out", required=True, help="JSON file (e.g. book/results/h100.json)")
     p.add_argument("--presets", type=_preset, nargs="+", default=["base", "large"])
@@ -228,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return _run_baseline(args)
     if args.command == "report":
         return run_report(args)
+    if args.command == "aot":
+        try:
+            return args._module.main(args)
+        except (LibtpuMissingError, ValueError) as e:   # a clear message, not a traceback
+            parser.exit(2, f"{parser.prog} aot: error: {e}\n")
     return args._module.main(args)
 
 

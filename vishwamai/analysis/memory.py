@@ -7,7 +7,9 @@ Conventions:
   reference attention's upcast keys/values and scores, the loss), which are 4 bytes whatever
   the compute dtype.
 - Optimizer 'adamw': first and second moments in f32 (8 B/param); when parameters are stored
-  in bf16/fp16, an f32 master copy as well (4 B/param). 'sgd': nothing. 'adafactor': factored
+  in bf16/fp16, an f32 master copy as well (4 B/param): the mixed-precision recipe.
+  'adamw_param_dtype': what `vishwamai.train.make_optimizer` (optax's adamw) holds: both moments
+  in the parameters' own dtype and no master copy (4 B/param with bf16 parameters). 'sgd': nothing. 'adafactor': factored
   second moments, ~ (rows + cols) per matrix, counted as 4*(D+F) per layer.
 - Saved activations ('saved') are the residuals the forward pass hands to the backward pass:
   exactly the tensors `jax.vjp` keeps for this model under each `remat` policy. The test suite
@@ -22,7 +24,7 @@ from __future__ import annotations
 from vishwamai.analysis.params import bytes_per, count_params
 from vishwamai.config import REMAT_POLICIES, ModelConfig, as_config
 
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "none")
+OPTIMIZERS = ("adamw", "adamw_param_dtype", "sgd", "adafactor", "none")
 ATTENTIONS = ("reference", "xla", "flash")
 LOSSES = ("full", "chunked")
 F32 = 4
@@ -186,9 +188,10 @@ def optimizer_bytes(cfg: ModelConfig | str, optimizer: str = "adamw") -> dict:
     c = as_config(cfg)
     n = count_params(c)["total"]
     low_precision = bytes_per(c.param_dtype) < F32
-    moments = {"adamw": 2 * F32 * n, "sgd": 0, "none": 0,
+    moments = {"adamw": 2 * F32 * n, "adamw_param_dtype": 2 * bytes_per(c.param_dtype) * n,
+               "sgd": 0, "none": 0,
                "adafactor": F32 * c.num_layers * 4 * (c.hidden_dim + c.mlp_dim)}[optimizer]
-    master = F32 * n if (low_precision and optimizer != "none") else 0
+    master = F32 * n if (low_precision and optimizer not in ("none", "adamw_param_dtype")) else 0
     return {"moments": moments, "master": master, "total": moments + master}
 
 

@@ -17,8 +17,9 @@ import math
 
 from vishwamai.analysis.flops import decode_flops, flops
 from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
-from vishwamai.analysis.memory import (activation_bytes, forward_working_set, kv_cache_bytes,
-                                       optimizer_bytes)
+from vishwamai.analysis.memory import (F32, _attention_kind, activation_bytes,
+                                       forward_working_set, kv_cache_bytes, optimizer_bytes,
+                                       saved_per_layer)
 from vishwamai.analysis.params import bytes_per, count_params
 from vishwamai.config import ModelConfig, as_config
 
@@ -225,3 +226,133 @@ def min_chips(cfg: ModelConfig | str, hardware: str | Chip, *, batch_per_chip: i
             return chips
         chips *= 2
     return None
+
+
+MODES_PER_CHIP = ("train", "forward", "decode")
+
+
+def _split_ways(c: ModelConfig, layout: str, chips: int) -> dict:
+    """How many ways each weight family is split under a named layout (a dimension that does
+    not divide by the chips stays whole, as `vishwamai.sharding.fit_spec` leaves it)."""
+    def ways(dim):
+        return chips if dim % chips == 0 else 1
+
+    one = dict.fromkeys(("embed", "heads", "kv_heads", "mlp", "vocab"), 1)
+    if layout == "fsdp":
+        return {**one, "embed": ways(c.hidden_dim)}
+    if layout == "tensor":
+        return {**one, "heads": ways(c.num_heads), "kv_heads": ways(c.num_kv_heads),
+                "mlp": ways(c.mlp_dim), "vocab": ways(c.vocab_size)}
+    return one
+
+
+def sharded_param_count(cfg: ModelConfig | str, layout: str, chips: int) -> float:
+    """Parameters one chip holds under a named layout: 'data' replicates, 'fsdp' splits every
+    matrix along D (embed), 'tensor' splits heads, MLP columns and the vocabulary; norms stay
+    whole."""
+    c = as_config(cfg)
+    p = count_params(c)
+    w = _split_ways(c, layout, chips)
+    if layout == "fsdp":
+        return (p["total"] - p["norms"]) / w["embed"] + p["norms"]
+    if layout == "tensor":
+        return (p["embedding"] / w["vocab"] + p["head"] / w["vocab"] + p["positions"]
+                + (p["attention_q"] + p["attention_o"]) / w["heads"]
+                + (p["attention_k"] + p["attention_v"]) / w["kv_heads"]
+                + p["mlp"] / w["mlp"] + p["norms"])
+    return float(p["total"])
+
+
+def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: int,
+                    seq_len: int, mode: str = "train", cache_len: int | None = None,
+                    remat: str | None = None, attention: str | None = None,
+                    optimizer: str = "adamw_param_dtype", loss: str = "chunked") -> dict:
+    """Bytes one chip holds at the peak of a sharded program: the analytic side of an
+    ahead-of-time TPU compilation (`vishwamai.aot`), term by term.
+
+    Args:
+      cfg: the model (`param_dtype` for weights, gradients; `dtype` for activations, cache).
+      layout: 'data' (all replicated, batch split), 'fsdp' (every matrix split along D, batch
+        split; each layer's weights gathered whole before use), 'tensor' (heads, MLP columns and
+        vocabulary split; batch whole; the residual stream replicated).
+      chips: devices in the mesh.
+      batch, seq_len: global B and T.
+      mode: 'train' (AdamW step: weights, gradients and moments split like the weights, saved
+        activations and backward workspace of the chip's batch rows, the loss's head
+        gradient), 'forward' (weights, the MLP's hidden activation and the `[B, T, V]` logits
+        output in the compute dtype), 'decode' (weights, the KV cache of `cache_len` positions
+        (default T) and, scanned, its updated copy, and the `[B, 1, V]` logits).
+      cache_len, remat, attention, optimizer, loss: see `vishwamai.analysis.memory`; the
+        default optimizer is the package's own AdamW (moments in the parameter dtype).
+
+    Returns:
+      dict of bytes per chip: params, grads, optimizer, activations, workspace, gather (FSDP's
+      gathered layer weights), loss_head (the chunked loss's f32 head-gradient accumulator and,
+      under FSDP, the gathered head), kv_cache, cache_update (a scanned decode step's new
+      stacked cache), logits, total.
+    """
+    if layout not in SHARDINGS:
+        raise ValueError(f"layout={layout!r} is not one of {SHARDINGS}")
+    if mode not in MODES_PER_CHIP:
+        raise ValueError(f"mode={mode!r} is not one of {MODES_PER_CHIP}")
+    if not (isinstance(chips, int) and chips >= 1):
+        raise ValueError(f"chips must be an int >= 1; got {chips!r}")
+    c = as_config(cfg)
+    pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
+    n = count_params(c)["total"]
+    n_chip = sharded_param_count(c, layout, chips)
+    share = n_chip / n
+    w = _split_ways(c, layout, chips)
+    b_chip = batch if layout == "tensor" else _per_chip_batch(batch, chips)
+    width = chips if layout == "tensor" else 1
+    out = dict.fromkeys(("params", "grads", "optimizer", "activations", "workspace", "gather",
+                         "loss_head", "kv_cache", "cache_update", "logits"), 0.0)
+    out["params"] = n_chip * pb
+    if layout == "fsdp" and w["embed"] > 1:
+        out["gather"] = 2 * count_params(c)["per_layer"] * cb
+    if mode == "train":
+        out["grads"] = n_chip * pb
+        out["optimizer"] = optimizer_bytes(c, optimizer)["total"] * share
+        act = activation_bytes(c, batch=b_chip, seq_len=seq_len, remat=remat,
+                               attention=attention, loss=loss)
+        per = act["per_layer"]
+        whole = per["residual"] + per["tokens"]
+        out["activations"] = (c.num_layers * (whole + (per["total"] - whole) / width)
+                              + act["outside"])
+        # Backward workspace as XLA:TPU holds it: the block being differentiated is recomputed
+        # (remat) with its elementwise work fused into the consumers, so what is live is its
+        # matmul outputs (the 'dots' residual set), not every intermediate `activation_bytes`
+        # counts; plus dense attention's score gradients and the loss's logits gradient.
+        recompute = (saved_per_layer(c, batch=b_chip, seq_len=seq_len, remat="dots",
+                                     attention=attention)["total"]
+                     if (remat or c.remat) != "none" else 0)
+        dense = _attention_kind(c, attention) != "flash"
+        scores = 2 * F32 * b_chip * c.num_heads * seq_len * seq_len if dense else 0
+        rows = seq_len if loss == "full" else min(128, seq_len)
+        out["workspace"] = (recompute + scores) / width + 2 * b_chip * rows * c.vocab_size * F32 / (
+            w["vocab"])
+        if loss == "chunked":
+            # The fused chunked loss (`train.cross_entropy_sum`) carries the head's gradient as
+            # an f32 [D, V] accumulator through its scan over chunks (split like the head), and
+            # under FSDP multiplies every chunk by the whole gathered head [D, V].
+            head_ways = w["embed"] if layout == "fsdp" else w["vocab"]
+            out["loss_head"] = c.hidden_dim * c.vocab_size * (
+                F32 / head_ways + (cb if layout == "fsdp" and head_ways > 1 else 0))
+    else:
+        T = seq_len if mode == "forward" else 1
+        S = seq_len if mode == "forward" else (cache_len or seq_len)
+        # Without autodiff XLA fuses each block's elementwise work into its matmuls and streams
+        # the rest; what must exist whole is the MLP's input projection [B, T, F] (2F gated)
+        # before the down projection reads it. (`forward_working_set`, the unfused live set,
+        # is what `plan` counts; on XLA:TPU it is several times the compiled scratch.)
+        wi = 2 if c.gated_mlp else 1
+        out["workspace"] = b_chip * T * wi * c.mlp_dim * cb / w["mlp"]
+        out["logits"] = b_chip * T * c.vocab_size * cb / w["vocab"]
+        if mode == "decode":
+            out["kv_cache"] = kv_cache_bytes(c, b_chip, S) / w["kv_heads"]
+            if c.scan_layers:
+                # A scanned decode step writes the updated [L, ...] cache as the scan's
+                # stacked output: a second buffer beside the donated one.
+                out["cache_update"] = out["kv_cache"]
+    out["total"] = sum(out.values())
+    return out

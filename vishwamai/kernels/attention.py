@@ -32,6 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from vishwamai.kernels.target import backend as _backend
 
 from vishwamai.compat import upcast_for_cpu
 from vishwamai.config import ATTENTION_IMPLS
@@ -328,7 +331,7 @@ def flash_tile_map(T: int, S: int, *, causal: bool = True, block_q: int | None =
     """Which `[block_q, block_k]` tiles `flash_attention` computes, as an int array
     `[n_q, n_k]`: 0 skipped by the loop bounds, 1 computed whole, 2 computed with masked pairs
     (the causal diagonal and internal key padding). The same block plan as the kernel."""
-    default_q, default_k = DEFAULT_BLOCKS.get(backend or jax.default_backend(),
+    default_q, default_k = DEFAULT_BLOCKS.get(backend or _backend(),
                                               DEFAULT_BLOCKS["gpu"])
     bq, n_q = _plan_blocks(T, block_q or default_q)
     bk, n_k = _plan_blocks(S, block_k or default_k)
@@ -401,7 +404,7 @@ def flash_attention(q, k, v, *, causal: bool = False, mask=None, scale: float | 
     if T == 0 or S == 0:   # nothing to attend to (or nobody asking): zeros, as empty rows
         return jnp.zeros(q.shape, q.dtype)
     scale = H ** -0.5 if scale is None else float(scale)
-    default_q, default_k = DEFAULT_BLOCKS.get(jax.default_backend(), DEFAULT_BLOCKS["gpu"])
+    default_q, default_k = DEFAULT_BLOCKS.get(_backend(), DEFAULT_BLOCKS["gpu"])
     bq, n_q = _plan_blocks(T, block_q or default_q)
     bk, n_k = _plan_blocks(S, block_k or default_k)
     Tp, Sp = n_q * bq, n_k * bk
@@ -471,8 +474,8 @@ def _jax_nn_attention(q, k, v, *, causal, mask, scale, kv_lengths, q_segment_ids
 
 def _cudnn_unsupported_reason(q, k) -> str | None:
     """Why cuDNN's fused attention cannot take these inputs (None when it can)."""
-    if jax.default_backend() != "gpu":
-        return f"it needs an NVIDIA GPU, the backend is {jax.default_backend()!r}"
+    if _backend() != "gpu":
+        return f"it needs an NVIDIA GPU, the backend is {_backend()!r}"
     if q.dtype not in (jnp.bfloat16, jnp.float16):
         return f"cuDNN flash attention takes bf16/fp16 inputs, got {q.dtype}"
     H = q.shape[-1]
@@ -545,10 +548,61 @@ def pallas_tpu_attention(q, k, v, *, causal: bool = False, mask=None, scale: flo
     """
     _check_shapes(q, k, v)
     mask = _check_masks(q, k, mask, kv_lengths, q_segment_ids, kv_segment_ids)
-    if jax.default_backend() != "tpu" and not interpret:
+    if _backend() != "tpu" and not interpret:
         raise ValueError(
-            f"implementation='pallas_tpu' needs a TPU (backend is {jax.default_backend()!r}); "
+            f"implementation='pallas_tpu' needs a TPU (backend is {_backend()!r}); "
             "pass interpret=True to run the kernel in the Pallas interpreter")
+    local = functools.partial(_pallas_tpu_local, causal=causal, scale=scale, block=block,
+                              interpret=interpret)
+    split = None if interpret else _mesh_split(q.shape[0], q.shape[2], k.shape[2])
+    if split is None:
+        return local(q, k, v, mask, kv_lengths, q_segment_ids, kv_segment_ids)
+    # A Mosaic kernel is opaque to the SPMD partitioner: under a device mesh each device runs
+    # it on its own batch rows and heads, inside a shard_map.
+    b_axes, h_axes = split
+    qkv = P(b_axes, None, h_axes, None)
+    extras = (mask, kv_lengths, q_segment_ids, kv_segment_ids)
+    specs = tuple(None if x is None else (
+        P(b_axes if x.shape[0] == q.shape[0] else None) if x.ndim >= 1 else P()) for x in extras)
+    if mask is not None and mask.shape[0] != q.shape[0]:
+        specs = (P(),) + specs[1:]
+    present = [i for i, x in enumerate(extras) if x is not None]
+
+    def body(q, k, v, *given):
+        full = [None] * 4
+        for i, x in zip(present, given):
+            full[i] = x
+        return local(q, k, v, *full)
+
+    fn = jax.shard_map(body, in_specs=(qkv, qkv, qkv) + tuple(specs[i] for i in present),
+                       out_specs=qkv, check_vma=False)
+    return fn(q, k, v, *(extras[i] for i in present))
+
+
+def _mesh_split(B: int, N: int, K: int):
+    """`(batch mesh axes, head mesh axes)` to run a kernel per device under the current mesh, or
+    None with no mesh (or one device). Heads go on the 'tensor' axis when N and K divide by it;
+    the batch on every other axis of size > 1 when B divides by their product (the layout of
+    `vishwamai.sharding`); what does not divide stays whole on each device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or getattr(mesh, "empty", True) or mesh.size <= 1:
+        return None
+    shape = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    t = shape.get("tensor", 1)
+    h_axes = "tensor" if t > 1 and N % t == 0 and K % t == 0 else None
+    b = tuple(a for a in mesh.axis_names if a != "tensor" and shape[a] > 1)
+    ways = 1
+    for a in b:
+        ways *= shape[a]
+    b_axes = (b[0] if len(b) == 1 else b) if b and B % ways == 0 else None
+    if b_axes is None and h_axes is None:
+        return (None, None)
+    return (b_axes, h_axes)
+
+
+def _pallas_tpu_local(q, k, v, mask, kv_lengths, q_segment_ids, kv_segment_ids, *, causal,
+                      scale, block, interpret):
+    """`pallas_tpu_attention` on one device's arrays."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
     B, T, N, H = q.shape
     S = k.shape[1]
@@ -639,7 +693,7 @@ def available_implementations(backend: str | None = None) -> tuple[str, ...]:
     For the running backend the GPU is inspected; for another one (planning for a machine you
     are not on) the answer follows from the backend name alone.
     """
-    backend = backend or jax.default_backend()
+    backend = backend or _backend()
     names = ["auto", "reference", "flash", "xla"]
     if backend in ("gpu", "cuda"):
         if backend != jax.default_backend() or _cudnn_present():
@@ -658,7 +712,7 @@ def select_implementation(q, k, *, mask=None, q_segment_ids=None, backend: str |
     (where it is faster and far smaller than XLA's dense path), 'xla' below (where its compile
     time dominates).
     """
-    backend = backend or jax.default_backend()
+    backend = backend or _backend()
     T, S = q.shape[1], k.shape[1]
     long = T * S >= (_CPU_FLASH_MIN_PAIRS if backend == "cpu" else _GPU_FLASH_MIN_PAIRS)
     general_mask = mask is not None and (jnp.ndim(mask) >= 3 and (
@@ -695,7 +749,7 @@ def attention(q, k, v, *, causal: bool = False, mask=None, scale: float | None =
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"unknown attention implementation {implementation!r}; accepted: {IMPLEMENTATIONS}")
-    backend = jax.default_backend()
+    backend = _backend()
     here = available_implementations(backend)
     if implementation not in here:
         raise ValueError(

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from vishwamai.config import FP8_SCALINGS as SCALINGS
+from vishwamai.kernels.target import backend as _target_backend
 
 FP8_E4M3 = jnp.float8_e4m3fn
 FP8_E5M2 = jnp.float8_e5m2
@@ -192,7 +193,7 @@ def dequantize_fp8(q, scale, *, block_size=128, dtype=_F32):
 def _block_compute_dtype():
     # bf16 holds fp8 * 2**k exactly and runs on the matrix units of GPUs/TPUs; the CPU here has
     # no bf16 arithmetic, so it multiplies the same exact values in f32.
-    return _F32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return _F32 if _target_backend() == "cpu" else jnp.bfloat16
 
 
 def scaled_fp8_matmul(q_a, scale_a, q_b, scale_b, *, out_dtype=_F32):

@@ -1,0 +1,193 @@
+"""Ahead-of-time compilation for TPU topologies (`vishwamai.aot`): XLA:TPU on this CPU host.
+
+The compiling tests need libtpu (`pip install "jax[tpu]==<jax version>"`, pinned in
+requirements.txt) and are skipped without it; the argument checks, the out-of-memory parser and
+the per-chip memory model run everywhere. Tolerances: a recompiled grid row must give the
+committed file's FLOPs within 1% and peak bytes within 5% (the same libtpu gives the same
+numbers; the slack is for a different libtpu patch release).
+"""
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vishwamai import aot, bench
+from vishwamai.analysis.params import count_params
+from vishwamai.analysis.roofline import memory_per_chip, sharded_param_count
+from vishwamai.config import PRESETS
+from vishwamai.kernels import attention as A
+
+GRID = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "tpu_compile.json"
+needs_libtpu = pytest.mark.skipif(not aot.have_libtpu(), reason="libtpu is not installed")
+
+
+@pytest.fixture
+def tpu_defaults():
+    """The PRNG and matmul precision the grid was compiled with (JAX's defaults). The suite's
+    conftest picks 'rbg' (another key shape, other FLOPs in the train step) and 'highest'
+    precision (f32 matmuls in more bf16 passes on a TPU; Mosaic rejects it for the splash
+    kernel's bf16 dots: "Bad lhs type")."""
+    prov = json.loads(GRID.read_text())["provenance"]
+    old = (jax.config.jax_default_prng_impl, jax.config.jax_default_matmul_precision)
+    jax.config.update("jax_default_prng_impl", prov.get("prng_impl", "threefry2x32"))
+    jax.config.update("jax_default_matmul_precision", prov.get("matmul_precision"))
+    yield
+    jax.config.update("jax_default_prng_impl", old[0])
+    jax.config.update("jax_default_matmul_precision", old[1])
+
+
+# ------------------------------------------------------------------------- everywhere
+
+def test_parse_topology():
+    t = aot.parse_topology("v5e:2x2")
+    assert (t["generation"], t["chips"], t["hardware"]) == ("v5e", 4, "tpu_v5e")
+    assert aot.parse_topology("v5p:4x4x4")["chips"] == 64
+    assert aot.parse_topology("v6e:16x16")["chips"] == 256
+    for bad in ("v5e", "v5e:2x2x1", "v4:2x2", "v7x:2x2x1", "tpu:2x2", "v5e:0x2", 4):
+        with pytest.raises(ValueError, match="v5e:2x2"):
+            aot.parse_topology(bad)
+
+
+def test_parse_oom_message():
+    msg = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+           "space hbm. ... the total memory required for HLO temporaries (41.32G) exceeds "
+           "available HBM (15.75G).\nmore")
+    oom = aot.parse_oom(msg)
+    assert oom["needed_bytes"] == pytest.approx(41.32 * 2**30)
+    assert oom["available_bytes"] == pytest.approx(15.75 * 2**30)
+    assert oom["needed_for"] == "HLO temporaries"
+    assert oom["message"].startswith("RESOURCE_EXHAUSTED")
+    assert math.isnan(aot.parse_oom("RESOURCE_EXHAUSTED: something else")["needed_bytes"])
+
+
+def test_missing_libtpu_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(aot, "have_libtpu", lambda: False)
+    with pytest.raises(aot.LibtpuMissingError, match=rf'pip install "jax\[tpu\]=={jax.__version__}"'):
+        aot.compile_for_topology("tiny", "v5e:2x2", layout="fsdp", mode="train", batch_size=8,
+                                 seq_len=128)
+    assert issubclass(aot.LibtpuMissingError, ImportError)
+
+
+def test_bad_arguments_name_the_argument():
+    kw = dict(layout="fsdp", mode="train", batch_size=8, seq_len=128)
+    with pytest.raises(ValueError, match="topology="):
+        aot.compile_for_topology("tiny", "v5e-8", **kw)
+    with pytest.raises(ValueError, match="layout="):
+        aot.compile_for_topology("tiny", "v5e:2x2", **{**kw, "layout": "pipeline"})
+    with pytest.raises(ValueError, match="mode="):
+        aot.compile_for_topology("tiny", "v5e:2x2", **{**kw, "mode": "serve"})
+
+
+def test_memory_per_chip_splits_like_the_layout():
+    cfg = PRESETS["llama2_7b"].replace(dtype="bfloat16", param_dtype="bfloat16")
+    n = count_params(cfg)["total"]
+    assert sharded_param_count(cfg, "data", 8) == n
+    fsdp = sharded_param_count(cfg, "fsdp", 8)
+    assert n / 8 < fsdp < n / 8 * 1.001                       # norms stay whole
+    # 32 heads do not split 64 ways: attention stays whole, the MLP and vocabulary split
+    tp64 = sharded_param_count(cfg, "tensor", 64)
+    assert tp64 > count_params(cfg)["attention"] > n / 64
+    d = memory_per_chip(cfg, "data", 4, batch=8, seq_len=2048, mode="train", remat="full")
+    f = memory_per_chip(cfg, "fsdp", 4, batch=8, seq_len=2048, mode="train", remat="full")
+    assert d["params"] == pytest.approx(4 * f["params"], rel=1e-3)
+    assert d["activations"] == pytest.approx(f["activations"])   # both split the batch
+    dec = memory_per_chip(cfg, "tensor", 4, batch=4, seq_len=1, mode="decode", cache_len=4096)
+    assert dec["kv_cache"] == 2 * 32 * 4 * 4096 * 32 * 128 * 2 / 4
+
+
+# ------------------------------------------------------------------------- with libtpu
+
+@needs_libtpu
+def test_cli_tiny_fsdp_train_matches_the_grid(tmp_path, capsys, tpu_defaults):
+    """The CLI's acceptance case, which is also a row of the committed grid."""
+    out = tmp_path / "x.json"
+    payload = bench.main(["aot", "--preset", "tiny", "--topology", "v5e:2x2", "--layout", "fsdp",
+                          "--mode", "train", "--batch", "8", "--seq", "128", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "ok" and row["chips"] == 4
+    assert row["peak_bytes_per_chip"] > 0 and row["flops_per_chip"] > 0
+    assert row["collectives"] and "all-gather" in row["collectives"]
+    assert "analytic_peak_bytes_per_chip" in row and "provenance" in payload
+    assert "v5e:2x2" in capsys.readouterr().out
+    _agrees_with_grid(row)
+
+
+@needs_libtpu
+def test_tiny_tensor_decode_matches_the_grid(tpu_defaults):
+    ref = _grid_row(preset="tiny", mode="decode")
+    row = aot.compile_for_topology("tiny", ref["topology"], layout=ref["layout"], mode="decode",
+                                   batch_size=ref["batch_size"], seq_len=ref["seq_len"],
+                                   cache_len=ref["cache_len"], dtype=ref["dtype"],
+                                   param_dtype=ref["param_dtype"])
+    assert row["status"] == "ok" and row["splash"]
+    _agrees_with_grid(row)
+
+
+def _grid_row(**match):
+    rows = json.loads(GRID.read_text())["rows"]
+    found = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    assert found, f"no grid row with {match}"
+    return found[0]
+
+
+def _agrees_with_grid(row):
+    keys = ("preset", "topology", "layout", "mode", "batch_size", "seq_len", "dtype")
+    ref = _grid_row(**{k: row[k] for k in keys})
+    assert row["flops_per_chip"] == pytest.approx(ref["flops_per_chip"], rel=0.01)
+    assert row["peak_bytes_per_chip"] == pytest.approx(ref["peak_bytes_per_chip"], rel=0.05)
+
+
+@needs_libtpu
+def test_cli_out_of_memory_is_a_row_and_exit_0(tmp_path):
+    """A two-layer Llama-2-7B with dense attention at 32 x 2048, replicated on 4 v5e chips:
+    its f32 scores alone need several times the chip's HBM."""
+    out = tmp_path / "oom.json"
+    bench.main(["aot", "--preset", "llama2_7b", "--layers", "2", "--topology", "v5e:2x2",
+                "--layout", "data", "--mode", "train", "--batch", "32", "--seq", "2048",
+                "--attention-impl", "reference", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "oom"
+    assert row["needed_bytes"] > 16e9 and row["oom_message"].startswith("RESOURCE_EXHAUSTED")
+    assert row["analytic_fits"] is False
+
+
+def test_cli_bad_topology_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["aot", "--preset", "tiny", "--topology", "v5e-8"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert "v5e:2x2" in err and "v5p" in err and "Traceback" not in err
+
+
+@needs_libtpu
+@pytest.mark.parametrize("impl", ["pallas_tpu", "auto"])
+def test_splash_kernel_compiles_for_tpu_forward_and_backward(impl, tpu_defaults):
+    B, T, N, K, H = 1, 128, 2, 1, 128
+
+    def loss(q, k, v):
+        return A.attention(q, k, v, causal=True, implementation=impl).astype(jnp.float32).sum()
+
+    shapes = [((B, T, N, H), jnp.bfloat16), ((B, T, K, H), jnp.bfloat16),
+              ((B, T, K, H), jnp.bfloat16)]
+    fwd = aot.compile_on_one_chip(loss, *shapes).as_text()
+    bwd = aot.compile_on_one_chip(jax.grad(loss, argnums=(0, 1, 2)), *shapes).as_text()
+    for text in (fwd, bwd):
+        assert 'custom_call_target="tpu_custom_call"' in text
+        assert "splash" in text.lower()
+    # outside the compile target, this CPU process still refuses the TPU kernel by name
+    q = jnp.zeros((1, 8, 2, 16))
+    with pytest.raises(ValueError, match="pallas_tpu"):
+        A.attention(q, q, q, implementation="pallas_tpu")
+
+
+@needs_libtpu
+def test_fp8_gemm_on_tpu_multiplies_converted_values(tpu_defaults):
+    """The finding Chapter 3 prints: the kernel's dequantise-then-dot form reaches the TPU's
+    matmul as f32 operands, while a plain e4m3 x e4m3 dot keeps fp8 operands."""
+    r = aot.fp8_gemm_on_tpu("v5e", M=256, K=256, N=256)
+    assert r["matmuls"] and not r["native_fp8"]
+    assert all(m["lhs"].startswith("f32") for m in r["matmuls"])
+    assert r["raw_fp8_native"]

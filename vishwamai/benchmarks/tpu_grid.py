@@ -1,0 +1,434 @@
+"""The TPU compiler against the planner: a grid of ahead-of-time compilations for TPU slices.
+
+    python -m vishwamai.bench aot --preset tiny --topology v5e:2x2 --layout fsdp --mode train \\
+        --batch 8 --seq 128 --out x.json
+    python -m vishwamai.benchmarks.tpu_grid --out book/results/tpu_compile.json   # the grid
+
+Each row is one `vishwamai.aot.compile_for_topology` (XLA:TPU's memory, FLOPs, collectives and
+out-of-memory verdict per chip) with the package's analytic per-chip bytes for the same point
+beside it (`analysis.roofline.memory_per_chip`) and the two verdicts (fits / does not fit).
+`agreement` summarises how often they agree. Files carry their provenance: libtpu and JAX
+versions, date, command, total compile time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+from vishwamai import aot
+from vishwamai.config import PRESETS
+
+#: Chapter 4's sizes: a training step holds one sequence of 2048 tokens per chip (the
+#: "what fits where" table; the preset's max_seq_len if shorter), bf16 weights and compute,
+#: AdamW, full remat, flash-type attention (the splash kernel on TPU), the chunked loss.
+TRAIN_SEQ = 2048
+SERVE_SEQ = 2048
+DTYPE = "bfloat16"
+FOUR = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+SIXTEEN = {"v4": "v4:2x2x4", "v5e": "v5e:4x4", "v5p": "v5p:2x2x4", "v6e": "v6e:4x4"}
+SIXTY_FOUR = {"v4": "v4:4x4x4", "v5e": "v5e:8x8", "v5p": "v5p:4x4x4", "v6e": "v6e:8x8"}
+TWO_FIFTY_SIX = {"v4": "v4:4x8x8", "v5e": "v5e:16x16", "v5p": "v5p:4x8x8", "v6e": "v6e:16x16"}
+CHECK_PRESETS = ("tiny",)   # compiled for the test suite; outside the grid's statistics
+GRID_PRESETS = ("base", "large", "xl", "xxl", "gpt2", "llama2_7b", "llama3_8b", "tinyllama_1_1b")
+
+#: What the compiled programs show where the planner and the compiler part ways, by
+#: (preset or '*', mode, layout or '*'): the mechanism, read off the compiled rows' argument and
+#: temporary bytes (see `reason`). Chapter 4 lists each disagreement with its entry.
+REASONS: dict = {
+    ("tiny", "*", "*"): "a toy model (< 1 MB of weights): the compiler's fixed per-program "
+                        "buffers (collective scratch, the splash kernel's tiles padded to "
+                        "128 lanes, the loss's [B, 128, V] chunk) outweigh every term the "
+                        "planner scales",
+    ("*", "train", "data"): "data parallelism all-reduces every gradient: the compiler's "
+                            "combined all-reduce buffers come on top of the gradients the "
+                            "planner counts (the compiler's total exceeds the planner's on every "
+                            "data-parallel training point of the grid)",
+    ("*", "train", "tensor"): "tensor parallelism keeps the batch and the residual stream whole "
+                              "on every chip; the temporaries the compiler adds beyond the "
+                              "planner's (the activations' all-reduce buffers among them) are "
+                              "not broken down here. Its peak also exceeds the HBM the compiler "
+                              "allows, yet it compiled: the compiler's own fit test shares "
+                              "buffers that memory_analysis() counts apart",
+    ("*", "forward", "*"): "the planner counts one block's forward working set beside the "
+                           "[B, T, V] logits; XLA:TPU fuses the block's elementwise work into "
+                           "its matmuls and keeps far less scratch (temp bytes in the file)",
+}
+MEGACORE = ("v4", "v5p")
+MEGACORE_REASON = ("v4 and v5p are megacore chips (two TensorCores driven as one device): "
+                   "for the same step their compiler keeps more temporaries than the "
+                   "single-core v5e/v6e compilers do")
+
+
+def _reason_key(row):
+    for key in ((row["preset"], row["mode"], row["layout"]), (row["preset"], row["mode"], "*"),
+                (row["preset"], "*", "*"), ("*", row["mode"], row["layout"]),
+                ("*", row["mode"], "*")):
+        if key in REASONS:
+            return REASONS[key]
+    return None
+
+
+def _siblings(row: dict, rows) -> list[dict]:
+    """The same program (preset, mode, layout, sizes, chips) compiled for other generations."""
+    key = ("preset", "mode", "layout", "batch_size", "seq_len", "chips", "dtype")
+    return [r for r in rows or () if r is not row and r["status"] == "ok"
+            and r["generation"] != row["generation"] and all(r[k] == row[k] for k in key)]
+
+
+def reason(row: dict, rows=None) -> str:
+    """Why the planner and the compiler differ on this row, from the compiled bytes: which side
+    differs (the sharded inputs, or the temporaries and outputs), the mechanism from `REASONS`
+    where one is known, and how the same program fared on the other generations in `rows`."""
+    g = 1e9
+    parts = row.get("analytic_parts", {})
+    out = [_reason_key(row)] if _reason_key(row) else []
+    if row["status"] != "ok":
+        out.append(f"the compiler needs {row.get('needed_bytes', math.nan) / g:.1f} GB "
+                   f"({row.get('needed_for') or 'memory'}) of the "
+                   f"{row.get('compiler_hbm_bytes_per_chip', math.nan) / g:.1f} GB it allows; "
+                   f"the planner counts {row['analytic_peak_bytes_per_chip'] / g:.1f} GB in all")
+        return "; ".join(out)
+    if (row["generation"] in MEGACORE and row["mode"] == "train"
+            and row["analytic_peak_bytes_per_chip"] < row["peak_bytes_per_chip"]):
+        out.append(MEGACORE_REASON)
+    planned_in = parts.get("params", 0) + parts.get("optimizer", 0) + parts.get("kv_cache", 0)
+    planned_tmp = row["analytic_peak_bytes_per_chip"] - planned_in
+    comp_tmp = row["peak_bytes_per_chip"] - row["argument_bytes"]
+    out.append(f"sharded inputs: compiler {row['argument_bytes'] / g:.2f} GB, planner "
+               f"{planned_in / g:.2f} GB; temporaries and outputs: compiler {comp_tmp / g:.2f} GB,"
+               f" planner {planned_tmp / g:.2f} GB")
+    sib = _siblings(row, rows)
+    if sib:
+        out.append("the same program elsewhere: " + ", ".join(
+            f"{r['generation']} {r['analytic_peak_bytes_per_chip'] / r['peak_bytes_per_chip']:.2f}"
+            for r in sorted(sib, key=lambda r: r["generation"])) + " (planner / compiler): "
+            "the generations' compilers schedule and fuse the same step differently")
+    return "; ".join(out)
+
+
+def _seq(preset: str, T: int) -> int:
+    return min(T, PRESETS[preset].max_seq_len)
+
+
+def grid_points() -> list[dict]:
+    """The grid: the book's presets x generation x train/serve at chapter 4's sizes, 4 to 256
+    chips; two `tiny` rows first (the test suite recompiles them)."""
+    pts = []
+
+    def add(preset, topology, layout, mode, batch, seq, **kw):
+        dt = {} if preset == "tiny" else dict(dtype=DTYPE, param_dtype=DTYPE)
+        pts.append(dict(config=preset, topology=topology, layout=layout, mode=mode,
+                        batch_size=batch, seq_len=_seq(preset, seq), **dt, **kw))
+
+    add("tiny", "v5e:2x2", "fsdp", "train", 8, 128)
+    add("tiny", "v6e:2x2", "tensor", "decode", 8, 128, cache_len=128)
+    # data parallel: replicated state (the known case: llama2_7b at 8 x 2048 on 4 v5e chips)
+    add("llama2_7b", "v5e:2x2", "data", "train", 8, 2048, remat="full")
+    per_gen = []
+    for gen in aot.GENERATIONS:
+        four = FOUR[gen]
+        # training, FSDP, one sequence of 2048 per chip, full remat
+        per_gen.append([
+            (("base", four, "fsdp", "train", 4, TRAIN_SEQ), {"remat": "full"}),
+            (("llama2_7b", four, "fsdp", "train", 4, TRAIN_SEQ), {"remat": "full"}),
+            (("llama3_8b", four, "tensor", "decode", 4, PRESETS["llama3_8b"].max_seq_len), {}),
+            (("xl", four, "fsdp", "train", 4, TRAIN_SEQ), {"remat": "full"}),
+            (("gpt2", four, "data", "forward", 8, SERVE_SEQ), {}),
+            (("tinyllama_1_1b", four, "fsdp", "train", 4, TRAIN_SEQ), {"remat": "full"}),
+            (("xxl", SIXTEEN[gen], "fsdp", "train", 16, TRAIN_SEQ), {"remat": "full"}),
+            (("llama3_8b", SIXTY_FOUR[gen], "fsdp", "train", 64, TRAIN_SEQ), {"remat": "full"}),
+            (("llama2_7b", TWO_FIFTY_SIX[gen], "fsdp", "train", 256, TRAIN_SEQ),
+             {"remat": "full"}),
+        ])
+    for i in range(len(per_gen[0])):           # generation by generation, row by row
+        for rows in per_gen:
+            args, kw = rows[i]
+            add(*args, **kw)
+    add("large", "v5e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("gpt2", "v6e:2x2", "data", "train", 8, 1024, remat="full")
+    add("llama2_7b", "v5p:2x2x1", "tensor", "decode", 8, 4096)
+    add("large", "v4:2x2x1", "tensor", "forward", 4, SERVE_SEQ)
+    add("tinyllama_1_1b", "v6e:2x2", "data", "decode", 16, 2048)
+    add("tinyllama_1_1b", "v5p:2x2x1", "data", "train", 8, TRAIN_SEQ, remat="full")
+    # replicated or 4-way-split states the 16-32 GB chips refuse, then more serving points
+    add("xxl", "v5e:2x2", "fsdp", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama3_8b", "v5e:2x2", "fsdp", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v4:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama3_8b", "v6e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("xxl", "v6e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("xl", "v5e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v6e:2x2", "tensor", "decode", 8, 4096)
+    add("llama2_7b", "v4:2x2x1", "tensor", "decode", 8, 4096)
+    add("tinyllama_1_1b", "v5e:2x2", "tensor", "decode", 16, 2048)
+    add("xxl", "v6e:2x2", "tensor", "decode", 4, 2048)
+    add("llama3_8b", "v5e:2x2", "data", "decode", 4, 8192)
+    add("base", "v5e:2x2", "data", "forward", 8, SERVE_SEQ)
+    add("large", "v6e:2x2", "data", "forward", 8, SERVE_SEQ)
+    add("xl", "v5p:2x2x1", "data", "forward", 8, SERVE_SEQ)
+    add("llama2_7b", "v6e:2x2", "tensor", "forward", 4, SERVE_SEQ)
+    # more points the planner and the compiler should both refuse
+    add("xxl", "v4:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v6e:2x2", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama3_8b", "v5e:2x2", "tensor", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v5e:2x2", "tensor", "train", 4, TRAIN_SEQ, remat="full")
+    add("xxl", "v5e:2x2", "tensor", "train", 4, TRAIN_SEQ, remat="full")
+    add("llama2_7b", "v5e:2x2", "data", "decode", 16, 4096)
+    add("llama3_8b", "v5e:2x2", "data", "forward", 8, SERVE_SEQ)
+    add("xxl", "v5e:2x2", "data", "forward", 8, SERVE_SEQ)
+    add("llama3_8b", "v4:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
+    add("xxl", "v5p:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
+    return pts
+
+
+def fp8_findings(generations=("v5e", "v5p", "v6e")) -> list[dict]:
+    """`aot.fp8_gemm_on_tpu` for each generation (1024^3, per-tensor scaling)."""
+    return [aot.fp8_gemm_on_tpu(g) for g in generations]
+
+
+def with_analytic(row: dict, config=None) -> dict:
+    """`row` plus the planner's bytes and verdict for the same point, and whether they agree."""
+    a = aot.analytic_point(row, config=config)
+    row = {**row, **a}
+    compiled_fits = row["status"] == "ok"
+    row["verdicts_agree"] = bool(row["analytic_fits"] == compiled_fits)
+    if compiled_fits:
+        row["analytic_over_compiler"] = a["analytic_peak_bytes_per_chip"] / row["peak_bytes_per_chip"]
+    return row
+
+
+def agreement(rows: list[dict]) -> dict:
+    """Share of rows where the verdicts agree, and of rows that compiled where the analytic
+    peak is within 15% of the compiler's. The `tiny` rows (the test suite's reference
+    compilations, not one of the book's presets) are left out."""
+    rows = [r for r in rows if r["preset"] not in CHECK_PRESETS]
+    n = len(rows)
+    agree = sum(r["verdicts_agree"] for r in rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    err = [abs(r["analytic_over_compiler"] - 1) for r in ok]
+    close = sum(e <= 0.15 for e in err)
+    return {"rows": n, "verdicts_agree": agree, "verdict_agreement": agree / n if n else math.nan,
+            "compiled_ok": len(ok), "within_15pct": close,
+            "within_15pct_share": close / len(ok) if ok else math.nan,
+            "within_25pct_share": sum(e <= 0.25 for e in err) / len(ok) if ok else math.nan,
+            "worst_ratio_error": max(err) if err else math.nan}
+
+
+def provenance(command: str) -> dict:
+    import jax
+    return {"libtpu": aot.libtpu_version(), "jax": jax.__version__,
+            "prng_impl": str(jax.config.jax_default_prng_impl),
+            "matmul_precision": jax.config.jax_default_matmul_precision,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "host": platform.machine(), "host_cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "compiled by XLA:TPU for abstract TPU devices on a CPU host; nothing ran"}
+
+
+def _write(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def run(points: list[dict], *, out: str | None = None, command: str = "",
+        progress: bool = True) -> dict:
+    """Compiles every point, adds the analytic side, writes `out` after each row."""
+    payload = {"benchmark": "tpu_compile", "provenance": provenance(command), "rows": []}
+    t0 = time.perf_counter()
+    for i, pt in enumerate(points):
+        try:
+            row = aot.compile_for_topology(**pt)
+        except Exception as e:  # noqa: BLE001 - keep the grid going; the row says what failed
+            row = {**pt, "preset": pt["config"], "status": "error", "compile_s": 0.0,
+                   "error": f"{type(e).__name__}: {str(e).splitlines()[0][:500]}"}
+            print(f"error at {pt}: {row['error']}", file=sys.stderr, flush=True)
+        else:
+            row = with_analytic(row)
+        payload["rows"].append(row)
+        payload["total_compile_s"] = sum(r["compile_s"] for r in payload["rows"])
+        payload["elapsed_s"] = time.perf_counter() - t0
+        payload["agreement"] = agreement([r for r in payload["rows"] if r["status"] != "error"])
+        if out:
+            _write(out, payload)
+        if progress and row["status"] != "error":
+            print(f"[{i + 1}/{len(points)}] {_line(row)}", file=sys.stderr, flush=True)
+    return payload
+
+
+COLUMNS = ("preset", "topology", "chips", "layout", "mode", "batch_size", "seq_len", "status",
+           "peak_GB", "analytic_GB", "ratio", "hbm_GB", "needed_GB", "TFLOP", "collectives",
+           "compile_s")
+
+
+def _cells(r: dict) -> dict:
+    g = 1e9
+    coll = ",".join(f"{k}:{v['count']}" for k, v in (r.get("collectives") or {}).items())
+    return {"preset": r["preset"], "topology": r["topology"], "chips": r["chips"],
+            "layout": r["layout"], "mode": r["mode"], "batch_size": r["batch_size"],
+            "seq_len": r["seq_len"], "status": r["status"],
+            "peak_GB": f"{r['peak_bytes_per_chip'] / g:.2f}" if r["status"] == "ok" else "",
+            "analytic_GB": (f"{r['analytic_peak_bytes_per_chip'] / g:.2f}"
+                            if "analytic_peak_bytes_per_chip" in r else ""),
+            "ratio": f"{r['analytic_over_compiler']:.2f}" if "analytic_over_compiler" in r else "",
+            "hbm_GB": f"{r['compiler_hbm_bytes_per_chip'] / g:.2f}",
+            "needed_GB": f"{r['needed_bytes'] / g:.2f}" if r["status"] == "oom" else "",
+            "TFLOP": f"{r['flops_per_chip'] / 1e12:.3f}" if r["status"] == "ok" else "",
+            "collectives": coll, "compile_s": f"{r['compile_s']:.1f}"}
+
+
+def _line(r: dict) -> str:
+    c = _cells(r)
+    return " ".join(f"{k}={c[k]}" for k in COLUMNS if c[k] != "")
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [_cells(r) for r in rows]
+    widths = {k: max(len(k), *(len(str(c[k])) for c in cells)) for k in COLUMNS}
+    lines = ["  ".join(k.rjust(widths[k]) for k in COLUMNS)]
+    lines += ["  ".join(str(c[k]).rjust(widths[k]) for k in COLUMNS) for c in cells]
+    return "\n".join(lines)
+
+
+# ============================================================================================
+# command line (`python -m vishwamai.bench aot ...` and this module's grid)
+# ============================================================================================
+
+def _csv(choices, what):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(
+                f"{what} {bad or text!r} not accepted; choose from {list(choices)} "
+                "(several comma-separated)")
+        return items
+    return parse
+
+
+def _topology(text: str) -> str:
+    try:
+        return aot.parse_topology(text)["name"]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset")
+    p.add_argument("--topology", type=_topology, default="v5e:2x2",
+                   help=f"TPU slice: {aot.TOPOLOGY_FORM}")
+    p.add_argument("--layout", type=_csv(aot.LAYOUTS, "layout"), default=["fsdp"],
+                   help="data, fsdp, tensor (comma-separated for several)")
+    p.add_argument("--mode", type=_csv(aot.MODES, "mode"), default=["train"],
+                   help="train, forward, decode (comma-separated for several)")
+    p.add_argument("--batch", type=_positive, default=8, help="global batch size B")
+    p.add_argument("--seq", type=_positive, default=128, help="sequence length T")
+    p.add_argument("--cache-len", type=_positive, default=None,
+                   help="KV cache positions for decode (default: --seq)")
+    p.add_argument("--attention-impl", default=None, help="attention kernel override")
+    p.add_argument("--remat", default=None, help="remat policy override")
+    p.add_argument("--dtype", default=None, help="compute and parameter dtype override")
+    p.add_argument("--layers", type=_positive, default=None,
+                   help="override the preset's number of layers (a shallow copy, for checks)")
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    """`bench aot`: one row per layout x mode, printed as a table, written with provenance."""
+    points = [dict(config=args.preset, topology=args.topology, layout=layout, mode=mode,
+                   batch_size=args.batch, seq_len=args.seq, cache_len=args.cache_len,
+                   attention_impl=args.attention_impl, remat=args.remat, dtype=args.dtype,
+                   param_dtype=args.dtype, num_layers=args.layers)
+              for layout in args.layout for mode in args.mode]
+    command = "python -m vishwamai.bench " + " ".join(sys.argv[1:])
+    payload = run(points, out=None, command=command, progress=False)
+    print(format_table(payload["rows"]))
+    if args.out:
+        _write(args.out, payload)
+        print(f"wrote {args.out}")
+    return payload
+
+
+def merge(paths: list[str], out: str, command: str) -> dict:
+    """One grid file from shards written by `--start/--stop/--points` runs (in the order
+    given; a point compiled again in a later file replaces the earlier row)."""
+    parts = [json.loads(open(p).read()) for p in paths]
+    by_key: dict = {}
+    for part in parts:                     # a later file's row replaces an earlier one's
+        for r in part["rows"]:
+            key = tuple(str(r.get(k)) for k in ("preset", "topology", "layout", "mode",
+                                                "batch_size", "seq_len", "dtype", "remat"))
+            by_key[key] = r
+    # the planner's side recomputed with the current model (the compiler's side is the data)
+    rows = [with_analytic(r) if r["status"] != "error" else r for r in by_key.values()]
+    payload = {"benchmark": "tpu_compile", "provenance": provenance(command), "rows": rows,
+               "shards": [{"start": d.get("start", 0), "command": d["provenance"]["command"],
+                           "date": d["provenance"]["date"], "elapsed_s": d.get("elapsed_s")}
+                          for d in parts],
+               "total_compile_s": sum(r["compile_s"] for r in rows),
+               "agreement": agreement([r for r in rows if r["status"] != "error"])}
+    for d in parts:
+        if "fp8" in d:
+            payload["fp8"] = d["fp8"]
+    if "fp8" not in payload:
+        payload["fp8"] = fp8_findings()
+    _write(out, payload)
+    return payload
+
+
+def _grid_main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m vishwamai.benchmarks.tpu_grid",
+                                description="the TPU compile grid of Chapter 4")
+    p.add_argument("--out", default="book/results/tpu_compile.json")
+    p.add_argument("--start", type=int, default=0, help="first point (for shards run in parallel)")
+    p.add_argument("--stop", type=int, default=None, help="one past the last point")
+    p.add_argument("--limit", type=_positive, default=None, help="first N points only")
+    p.add_argument("--points", default=None,
+                   help="comma-separated point indices to compile instead of a range")
+    p.add_argument("--merge", nargs="+", default=None,
+                   help="merge these shard files into --out instead of compiling")
+    args = p.parse_args(argv)
+    command = "python -m vishwamai.benchmarks.tpu_grid " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    if args.merge:
+        payload = merge(args.merge, args.out, command.strip())
+        print(json.dumps(payload["agreement"]))
+        return payload
+    pts = grid_points()
+    stop = args.stop if args.stop is not None else len(pts)
+    if args.limit:
+        stop = min(stop, args.start + args.limit)
+    whole = args.start == 0 and stop == len(pts) and not args.points
+    chosen = ([pts[int(i)] for i in args.points.split(",")] if args.points
+              else pts[args.start:stop])
+    payload = run(chosen, out=args.out, command=command.strip())
+    payload["start"] = args.start
+    if whole or (stop == len(pts) and not args.points):
+        payload["fp8"] = fp8_findings()
+    _write(args.out, payload)
+    print(format_table([r for r in payload["rows"] if r["status"] != "error"]))
+    print(json.dumps(payload["agreement"]))
+    print(f"total compile time {payload['total_compile_s']:.0f} s; wrote {args.out}")
+    return payload
+
+
+if __name__ == "__main__":
+    _grid_main(sys.argv[1:])
