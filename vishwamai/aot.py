@@ -377,8 +377,7 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
       LibtpuMissingError: libtpu is not installed.
       ValueError: a bad topology, layout, mode or size (the message names the argument).
     """
-    require_libtpu()
-    t = parse_topology(topology)
+    t = parse_topology(topology)           # the arguments first, then whether libtpu is there
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
     if mode not in MODES:
@@ -386,6 +385,7 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int; got {v!r}")
+    require_libtpu()
     cfg = model_config(config, attention_impl=attention_impl, remat=remat, dtype=dtype,
                        param_dtype=param_dtype, scan_layers=scan_layers,
                        num_layers=num_layers)
