@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vishwamai.analysis.hardware import peak_flops
 from vishwamai.measure import env_info, higher_peak, is_oom, matmul_peak

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vishwamai import train
 from vishwamai.analysis.flops import flops as analytic_flops
