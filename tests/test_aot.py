@@ -121,9 +121,14 @@ def test_tiny_tensor_decode_matches_the_grid(tpu_defaults):
     row = aot.compile_for_topology("tiny", ref["topology"], layout=ref["layout"], mode="decode",
                                    batch_size=ref["batch_size"], seq_len=ref["seq_len"],
                                    cache_len=ref["cache_len"], dtype=ref["dtype"],
-                                   param_dtype=ref["param_dtype"])
+                                   param_dtype=ref["param_dtype"], buffers=6)
     assert row["status"] == "ok" and row["splash"]
     _agrees_with_grid(row)
+    # XLA's buffer assignment: its allocations, largest first, inside the program's peak
+    sizes = [b["bytes"] for b in row["largest_buffers"]]
+    assert 0 < len(sizes) <= 6 and sizes == sorted(sizes, reverse=True)
+    assert sizes[0] <= row["report_total_bytes"] <= row["peak_bytes_per_chip"]
+    assert all("[" in b["shapes"] for b in row["largest_buffers"])
 
 
 def _grid_row(**match):

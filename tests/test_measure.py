@@ -88,3 +88,31 @@ def test_higher_peak_and_oom():
     assert is_oom(MemoryError()) and is_oom(RuntimeError("RESOURCE_EXHAUSTED: x"))
     assert not is_oom(ValueError("shape"))
     np.testing.assert_equal(higher_peak((5.0, "a"), (1.0, "b"))[0], 5.0)
+
+
+REPORT = """Memory Space: default (color=0)
+Total bytes: 17033033536 (15.86GiB)
+  cumulative_size;       size;       offset; used_by_n_values; shapes_list
+  ------------------------------------------------------------
+    1.34GiB( 16%);    1.34GiB;   1359429632;                1; bf16[32,1024,2,11008]
+    2.69GiB( 33%);    1.34GiB;   4023861248;                5; 5×bf16[32,1024,2,11008]
+    4.35GiB( 53%);  500.00MiB;   3245490176;                1; f32[4096,32000]
+    4.36GiB( 53%);   16.00KiB;         1024;                2; f32[2048], s32[2048]
+  The rest 185 values are less than 5% of the total size and not shown.
+
+  cumulative_size;       size;       offset; used_by_n_values; shapes_list
+  ------------------------------------------------------------
+    1.34GiB(100%);    1.34GiB;            0;                2; 2×bf16[32,1024,2,11008]
+"""
+
+
+def test_memory_report_reads_the_first_memory_space():
+    from vishwamai.measure.buffers import parse_memory_report
+    r = parse_memory_report(REPORT, top=3)
+    assert r["total_bytes"] == 17033033536
+    assert [b["values"] for b in r["buffers"]] == [1, 5, 1]     # top=3 of the first table
+    assert r["buffers"][2] == {"bytes": 500 * 2**20, "offset": 3245490176, "values": 1,
+                               "shapes": "f32[4096,32000]"}
+    assert parse_memory_report(REPORT, top=10)["buffers"][-1]["bytes"] == 16 * 2**10
+    with pytest.raises(ValueError, match="Total bytes"):
+        parse_memory_report("HloModule jit_step\n")

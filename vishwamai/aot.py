@@ -28,6 +28,7 @@ import importlib.util
 import math
 import os
 import re
+import tempfile
 import time
 
 import jax
@@ -44,6 +45,7 @@ from vishwamai.config import ModelConfig, as_config
 from vishwamai.kernels.kernel import fp8_gemm_optimized
 from vishwamai.kernels.target import compile_target
 from vishwamai.measure import CompiledStats
+from vishwamai.measure.buffers import read_memory_report
 from vishwamai.model import VishwamAI
 
 #: Generation -> (HARDWARE key, chip config, axes in a topology name).
@@ -342,7 +344,7 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
                          remat: str | None = None, cache_len: int | None = None,
                          dtype: str | None = None, param_dtype: str | None = None,
                          scan_layers: bool | None = True, num_layers: int | None = None,
-                         hlo: bool = False) -> dict:
+                         hlo: bool = False, buffers: int = 0) -> dict:
     """Compiles one program for a TPU topology with XLA:TPU and reports what the compiler said.
 
     Args:
@@ -362,6 +364,9 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
         of the same model); None keeps the config's choice.
       num_layers: override L (a shallow copy of a preset, for quick checks).
       hlo: also return the compiled HLO text under 'hlo'.
+      buffers: also return the compiler's `buffers` largest HBM allocations under
+        'largest_buffers' (`measure.buffers`: XLA's memory-usage report, dumped into a
+        temporary folder), with its 'report_total_bytes'.
 
     Returns:
       One row (dict): preset, topology, generation, chips, layout, mode, batch_size, seq_len,
@@ -415,10 +420,14 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
     else:
         fn, args, resident = _lower_decode(model, mesh, batch_size, cache_len)
     row["resident_bytes_per_chip"] = resident
+    dump = tempfile.TemporaryDirectory(prefix="vishwamai-xla-") if buffers else None
+    options = {"xla_dump_to": dump.name, "xla_dump_hlo_pass_re": "^$"} if dump else None
     with compile_target("tpu"), _sh.mesh_context(mesh):
         try:
-            compiled = fn.lower(*args).compile()
+            compiled = fn.lower(*args).compile(compiler_options=options)
         except Exception as e:  # noqa: BLE001 - an OOM verdict is a result
+            if dump is not None:
+                dump.cleanup()
             if not _is_oom(e):
                 raise
             row["compile_s"] = time.perf_counter() - t0
@@ -440,6 +449,10 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
                splash=_splash_in(text))
     if hlo:
         row["hlo"] = text
+    if dump is not None:
+        with dump:
+            report = read_memory_report(dump.name, top=buffers)
+        row.update(largest_buffers=report["buffers"], report_total_bytes=report["total_bytes"])
     return row
 
 

@@ -1,0 +1,70 @@
+"""Where two TPU compilers part ways on the same program: their largest buffers side by side.
+
+    python -m vishwamai.benchmarks.tpu_buffers --out book/results/tpu_buffers.json
+
+For pairs of grid points that differ only in the TPU generation and on which the planner's
+agreement with the compiler differs most, compiles each again with XLA's memory-usage report
+(`aot.compile_for_topology(..., buffers=N)`) and keeps the largest HBM allocations. Chapter 4
+reads the file to explain its disagreement rows from the compiler's own buffer assignment.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from vishwamai import aot
+from vishwamai.benchmarks import tpu_grid
+
+#: (preset, topologies, layout, mode, global batch): the same train step for two generations.
+PAIRS = (
+    ("llama2_7b", ("v5e:2x2", "v5p:2x2x1"), "fsdp", "train", 4),
+    ("llama3_8b", ("v5e:8x8", "v6e:8x8"), "fsdp", "train", 64),
+)
+
+
+def shapes_bytes(buffers: list[dict], pattern: str) -> int:
+    """Bytes of the allocations whose value shapes contain `pattern` (e.g. 'f32[4096,32000]')."""
+    return sum(b["bytes"] for b in buffers if pattern in b["shapes"])
+
+
+def run(pairs=PAIRS, top: int = 16, progress: bool = True) -> dict:
+    rows = []
+    for preset, topologies, layout, mode, batch in pairs:
+        for topo in topologies:
+            t0 = time.perf_counter()
+            row = aot.compile_for_topology(
+                preset, topo, layout=layout, mode=mode, batch_size=batch,
+                seq_len=tpu_grid._seq(preset, tpu_grid.TRAIN_SEQ), remat="full",
+                dtype=tpu_grid.DTYPE, param_dtype=tpu_grid.DTYPE, buffers=top)
+            if row["status"] == "ok":
+                row = tpu_grid.with_analytic(row)
+            rows.append({k: row.get(k) for k in (
+                "preset", "topology", "generation", "chips", "layout", "mode", "batch_size",
+                "seq_len", "status", "peak_bytes_per_chip", "argument_bytes", "temp_bytes",
+                "analytic_peak_bytes_per_chip", "analytic_parts", "analytic_over_compiler",
+                "report_total_bytes", "largest_buffers", "compile_s")})
+            if progress:
+                print(f"{preset} {topo}: {row['status']} in {time.perf_counter() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+    return {"benchmark": "tpu_buffers",
+            "provenance": tpu_grid.provenance("python -m vishwamai.benchmarks.tpu_buffers"),
+            "rows": rows}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m vishwamai.benchmarks.tpu_buffers",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="book/results/tpu_buffers.json")
+    p.add_argument("--top", type=tpu_grid._positive, default=16,
+                   help="largest allocations kept per program")
+    args = p.parse_args(argv)
+    payload = run(top=args.top)
+    tpu_grid._write(args.out, payload)
+    print(f"wrote {args.out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
