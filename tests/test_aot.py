@@ -196,3 +196,19 @@ def test_fp8_gemm_on_tpu_multiplies_converted_values(tpu_defaults):
     assert r["matmuls"] and not r["native_fp8"]
     assert all(m["lhs"].startswith("f32") for m in r["matmuls"])
     assert r["raw_fp8_native"]
+
+
+def test_buffer_helpers_find_the_head_accumulator_and_overlaps():
+    from vishwamai.benchmarks import tpu_buffers as tb
+    c = PRESETS["llama2_7b"]
+    acc, head = f"f32[{c.hidden_dim},{c.vocab_size}]", f"bf16[{c.hidden_dim},{c.vocab_size}]"
+    row = {"preset": "llama2_7b", "largest_buffers": [
+        {"bytes": 100, "offset": 0, "values": 2, "shapes": f"{acc}, 5×bf16[32,1024,2,11008]"},
+        {"bytes": 50, "offset": 100, "values": 1, "shapes": head},
+        {"bytes": 10, "offset": 40, "values": 1, "shapes": "s32[8]"}]}
+    assert tb.head_accumulator(row) == {"shape": acc, "bytes": 100,
+                                        "shared_with": "5×bf16[32,1024,2,11008]"}
+    assert tb.overlaps(row, acc, head) is False            # [0, 100) and [100, 150)
+    assert tb.overlaps(row, acc, "s32[8]") is True          # [40, 50) inside [0, 100)
+    assert tb.overlaps(row, acc, "f32[1,2]") is None
+    assert tb.shapes_bytes(row["largest_buffers"], "bf16[") == 150

@@ -29,6 +29,53 @@ def shapes_bytes(buffers: list[dict], pattern: str) -> int:
     return sum(b["bytes"] for b in buffers if pattern in b["shapes"])
 
 
+def head_accumulator(row: dict) -> dict:
+    """The chunked loss's f32 `[D, V]` head-gradient accumulator in one compiled row's buffers:
+    its allocation's bytes and what else the compiler placed in that allocation."""
+    from vishwamai.config import as_config
+    c = as_config(row["preset"])
+    shape = f"f32[{c.hidden_dim},{c.vocab_size}]"
+    for b in row["largest_buffers"] or ():
+        if shape in b["shapes"]:
+            others = [s for s in b["shapes"].split(", ") if shape not in s]
+            return {"shape": shape, "bytes": b["bytes"], "shared_with": ", ".join(others)}
+    return {"shape": shape, "bytes": 0, "shared_with": ""}
+
+
+def overlaps(row: dict, shape_a: str, shape_b: str) -> bool | None:
+    """Whether the compiler gave the values of `shape_a` and `shape_b` overlapping addresses
+    (values never live at once), None where either is not among the row's largest buffers."""
+    def span(shape):
+        for b in row["largest_buffers"] or ():
+            if shape in b["shapes"]:
+                return b["offset"], b["offset"] + b["bytes"]
+        return None
+    a, b = span(shape_a), span(shape_b)
+    if a is None or b is None:
+        return None
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def side_by_side(payload: dict, top: int = 8):
+    """One table per pair: rank, then each compiler's allocation (GB) and its values' shapes."""
+    import pandas as pd
+    tables = []
+    for preset, topologies, *_ in PAIRS:
+        cols = {}
+        for topo in topologies:
+            row = next(r for r in payload["rows"]
+                       if r["preset"] == preset and r["topology"] == topo)
+            bufs = (row["largest_buffers"] or [])[:top]
+            cols[(topo, "GB")] = [f"{b['bytes'] / 1e9:.2f}" for b in bufs]
+            cols[(topo, "values (shapes)")] = [b["shapes"][:70] for b in bufs]
+        n = max(len(v) for v in cols.values())
+        cols = {k: v + [""] * (n - len(v)) for k, v in cols.items()}
+        df = pd.DataFrame(cols, index=pd.RangeIndex(1, n + 1, name="rank"))
+        df.columns = pd.MultiIndex.from_tuples(df.columns)
+        tables.append((preset, df))
+    return tables
+
+
 def run(pairs=PAIRS, top: int = 16, progress: bool = True) -> dict:
     rows = []
     for preset, topologies, layout, mode, batch in pairs:
