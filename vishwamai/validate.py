@@ -208,8 +208,13 @@ def writable_file(name: str, path) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         fail(name, path, f"a path in an existing directory ({directory} does not exist)")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        fail(name, path, f"a path in a writable directory ({directory} is not writable)")
+    import tempfile
+
+    try:                      # a real write: os.access says yes to root on read-only mounts
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        fail(name, path, f"a path in a writable directory ({directory}: {e.strerror})")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         fail(name, path, "a writable file (it exists and is read-only)")
     return path
