@@ -155,6 +155,36 @@ def int_list(name: str, values, *, lo: int = 1) -> list[int]:
     return [int(v) for v in values]
 
 
+def text(name: str, value) -> str:
+    """A non-empty str."""
+    if not isinstance(value, str):
+        fail(name, value, "a non-empty str", type_error=True)
+    if not value:
+        fail(name, value, "a non-empty str")
+    return value
+
+
+def each_of(choices: Iterable) -> Callable:
+    """A check for a non-empty list (or tuple) whose every item is one of `choices`."""
+    choices = tuple(choices)
+
+    def checked(name, values):
+        if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
+            fail(name, values, f"a non-empty list of names from {list(choices)}", type_error=True)
+        for i, v in enumerate(values):
+            one_of(f"{name}[{i}]", v, choices)
+        return list(values)
+    return checked
+
+
+def auto_or(check: Callable) -> Callable:
+    """A check that also accepts the string 'auto' (a chapter parameter chosen by backend)."""
+    def checked(name, value, *args, **kw):
+        return value if value == "auto" else check(name, value, *args, **kw)
+    checked.__name__ = f"auto_or_{getattr(check, '__name__', 'check')}"
+    return checked
+
+
 def optional(check: Callable) -> Callable:
     """A check that also accepts None: `optional(positive_int)("top_k", None)` -> None."""
     def checked(name, value, *args, **kw):
@@ -221,27 +251,25 @@ def writable_file(name: str, path) -> str:
 
 
 # ------------------------------------------------------------------------------ parameter sets
-def check_params(values: Mapping[str, Any], spec: Mapping[str, Any]) -> dict:
+def check_params(values: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
     """Checks several named values at once (a chapter's parameters: `check_params(globals(),
-    {...})`); returns `{name: checked value}`.
+    {...})`); returns None (so a notebook cell ending in it displays nothing).
 
     Each entry of `spec` maps a name to a check `f(name, value)` (any function of this module,
     or a lambda), or to a tuple / list / set of accepted values. A name missing from `values`
     raises `InputError` too.
     """
-    out = {}
     for key, check in spec.items():
         if key not in values:
             raise InputError(f"parameter {key!r} is missing (expected by this check)")
         value = values[key]
         if callable(check):
-            out[key] = check(key, value)
+            check(key, value)
         elif isinstance(check, (tuple, list, set, frozenset)):
-            out[key] = one_of(key, value, check)
+            one_of(key, value, check)
         else:
             raise TypeError(f"check_params: spec[{key!r}] must be a check or a collection of "
                             f"accepted values; got {check!r}")
-    return out
 
 
 # ------------------------------------------------------------------------------ command line
