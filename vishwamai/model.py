@@ -88,12 +88,11 @@ def sample_logits(logits_BV, rng, *, temperature: float = 0.0, top_k: int | None
 
 
 def _check_sampling(temperature, top_k, top_p, vocab_size):
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0; got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
-        raise ValueError(f"top_k must be an int in [1, {vocab_size}] or None; got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None; got {top_p!r}")
+    validate.non_negative("temperature", temperature)
+    if top_k is not None:
+        validate.integer("top_k", top_k, lo=1, hi=vocab_size)
+    if top_p is not None:
+        validate.probability("top_p", top_p)
 
 
 def _check_mask(attention_mask, shape, *, left_padded: bool):
@@ -340,6 +339,8 @@ class VishwamAI:
                                       f"{list(tokens_BT.shape)}; got {list(labels_BT.shape)}")
         if ignore_index is not None:
             validate.integer("ignore_index", ignore_index)
+        validate.token_ids("labels_BT[:, 1:]" if labels_BT is not tokens_BT else "tokens",
+                           labels_BT[:, 1:], self.config.vocab_size, ignore_index=ignore_index)
         logits = self.logits(params, tokens_BT[:, :-1], train=train, rng=rng)
         return cross_entropy(logits, labels_BT[:, 1:], ignore_index=ignore_index)
 
@@ -404,14 +405,14 @@ class VishwamAI:
         prompt_BT = jnp.asarray(prompt_BT)
         if prompt_BT.ndim != 2 or not jnp.issubdtype(prompt_BT.dtype, jnp.integer):
             raise ValueError(f"prompt must be an int array [B, T]; got {prompt_BT.dtype}{list(prompt_BT.shape)}")
-        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
-            raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}")
+        validate.positive_int("max_new_tokens", max_new_tokens)
         _check_sampling(temperature, top_k, top_p, self.config.vocab_size)
         total = prompt_BT.shape[1] + max_new_tokens
         if total > self.config.max_seq_len:
-            raise ValueError(
+            raise validate.InputError(
                 f"prompt length {prompt_BT.shape[1]} + max_new_tokens {max_new_tokens} = {total} "
-                f"exceeds max_seq_len={self.config.max_seq_len}")
+                f"exceeds max_seq_len={self.config.max_seq_len} (the KV cache and the positions "
+                f"hold at most that many tokens)")
         validate.token_ids("prompt", prompt_BT, self.config.vocab_size)
         if temperature > 0 and rng is None:
             raise ValueError("rng is required when temperature > 0")

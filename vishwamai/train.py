@@ -17,6 +17,7 @@ norms, softmax and the loss compute in f32.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -495,7 +496,8 @@ def fit(model_or_cfg, batches: Iterable, steps: int, *, optimizer=None, rng=None
     validate.positive_int("steps", steps)
     validate.positive_int("log_every", log_every)
     batches = _checked_batches(batches, steps, _vocab_size(model_or_cfg))
-    optimizer = optimizer or make_optimizer(warmup_steps=max(1, steps // 10), total_steps=steps)
+    optimizer = optimizer or make_optimizer(warmup_steps=min(max(1, steps // 10), steps - 1),
+                                            total_steps=steps)
     step_fn = make_train_step(model_or_cfg, optimizer, **step_kw)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     state = state or create_train_state(step_fn.model, optimizer, rng)
@@ -520,13 +522,27 @@ def _vocab_size(model_or_cfg) -> int:
 
 
 def _checked_batches(batches, steps: int, vocab_size: int):
-    """`batches` as a generator that checks each batch's token ids and says, when it runs
-    out, how many batches it gave against the steps asked (instead of a bare StopIteration)."""
+    """`batches` as an iterator that checks each batch's token ids and says, when it runs
+    out, how many batches it gave against the steps asked (instead of a bare StopIteration).
+    A sized `batches` (a list) shorter than `steps` is refused at once, before any work."""
     try:
         it = iter(batches)
     except TypeError:
         validate.fail("batches", batches, "an iterable of batches (int [B, T+1] arrays or "
                       "{'tokens': ..., 'mask': ...} dicts)", type_error=True)
+    if hasattr(batches, "__len__") and len(batches) < steps:
+        raise validate.InputError(
+            f"batches holds {len(batches)} batch(es) but steps={steps} were asked: give at "
+            f"least {steps} batches (e.g. itertools.cycle(batches)) or fewer steps")
+    try:                     # the first batch is checked now, before any compilation
+        first = next(it)
+    except StopIteration:
+        raise validate.InputError(f"batches is empty but steps={steps} were asked") from None
+    validate.token_ids("batches[0] tokens", _split_batch(first)[0], vocab_size)
+    return _checking(itertools.chain([first], it), steps, vocab_size)
+
+
+def _checking(it, steps: int, vocab_size: int):
     given = 0
     while True:
         try:
