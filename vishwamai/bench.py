@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON file (e.g. book/results/h100.json)")
     p.add_argument("--presets", type=_preset, nargs="+", default=["base", "large"])
     p.add_argument("--dtype", type=_dtype, default="bfloat16")
-    p.add_argument("--budget-s", type=validate.cli_type(validate.positive, float, what="a number"),
-                   default=420.0,
+    p.add_argument("--budget-s", default=420.0,
+                   type=validate.cli_type(validate.non_negative, float, what="a number"),
                    help="stop starting new measurements after this many seconds")
     p.add_argument("--quick", action="store_true", help="one point per sweep (smoke test)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
