@@ -41,7 +41,7 @@ def test_other_errors_are_not_swallowed():
     (["forward", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--dtype", "f16"], "unknown dtype 'f16'"),
     (["train", "--remat", "sometimes"], "unknown remat policy"),
-    (["forward", "--batch", "0"], "positive integer"),
+    (["forward", "--batch", "0"], "int >= 1"),
     (["report"], "--out"),
     (["warp"], "invalid choice"),
 ])

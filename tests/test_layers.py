@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "vishwamai"
 
 # Lowest first. `measure` imports only jax and numpy, so everything may use it.
 TIERS = (
-    ("measure", "compat"),
+    ("measure", "compat", "validate"),
     ("config", "data", "plotting"),
     ("kernels",),
     ("layers",),

@@ -32,7 +32,9 @@ from vishwamai.benchmarks import gemm as gemm_bench
 from vishwamai.benchmarks import model as mb
 from vishwamai.benchmarks import tpu_grid
 from vishwamai.benchmarks.harness import device_peak, results_frame, save_results
-from vishwamai.config import DTYPES, PRESETS, REMAT_POLICIES
+from vishwamai import validate
+from vishwamai.config import ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICIES
+from vishwamai.kernels.attention import available_implementations
 from vishwamai.measure import env_info
 
 EXTERNAL = {"attention": attention_bench, "gemm": gemm_bench}
@@ -59,14 +61,18 @@ def _remat(name: str) -> str:
     return name
 
 
-def _positive(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+_positive = validate.cli_type(validate.positive_int, int, what="an int")
+_out = validate.cli_type(validate.writable_file, str, what="a file path")
+
+
+def _attention_impl(name: str) -> str:
+    """A kernel this backend runs (checked before anything is measured)."""
+    here = available_implementations()
+    if name not in here:
+        raise argparse.ArgumentTypeError(
+            f"attention implementation {name!r} is not accepted: expected one of {list(here)} "
+            f"(those that run on this backend; all names: {list(ATTENTION_IMPLS)})")
+    return name
 
 
 def _common(p: argparse.ArgumentParser, *, repeats: int) -> None:
@@ -75,10 +81,11 @@ def _common(p: argparse.ArgumentParser, *, repeats: int) -> None:
     p.add_argument("--batch", type=_positive, nargs="+", default=[8], help="batch sizes")
     p.add_argument("--seq", type=_positive, nargs="+", default=[256], help="sequence lengths")
     p.add_argument("--dtype", type=_dtype, default=None, help="compute dtype (default: preset's)")
-    p.add_argument("--attention-impl", default=None, help="attention kernel override")
+    p.add_argument("--attention-impl", type=_attention_impl, default=None,
+                   help="attention kernel override")
     p.add_argument("--repeats", type=_positive, default=repeats, help="timed repeats")
     p.add_argument("--warmup", type=_positive, default=1, help="untimed warm-up calls")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--out", type=_out, default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -101,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=_positive, default=256, help="sequence length")
     p.add_argument("--dtype", type=_dtype, default=None, help="compute dtype (default: preset's)")
     p.add_argument("--repeats", type=_positive, default=3, help="timed repeats of each")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--out", type=_out, default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("aot", help="compile for a TPU topology with XLA:TPU (needs libtpu; "
                        "nothing runs): per-chip memory, FLOPs, collectives, OOM verdicts, beside "
@@ -109,10 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     tpu_grid.add_arguments(p)      # imports without libtpu; compiling needs it
     p.set_defaults(_module=tpu_grid)
     p = sub.add_parser("report", help="the accelerator suite for the book, into one JSON file")
-    p.add_argument("--out", required=True, help="JSON file (e.g. book/results/h100.json)")
+    p.add_argument("--out", type=_out, required=True,
+                   help="JSON file (e.g. book/results/h100.json)")
     p.add_argument("--presets", type=_preset, nargs="+", default=["base", "large"])
     p.add_argument("--dtype", type=_dtype, default="bfloat16")
-    p.add_argument("--budget-s", type=float, default=420.0,
+    p.add_argument("--budget-s", default=420.0,
+                   type=validate.cli_type(validate.non_negative, float, what="a number"),
                    help="stop starting new measurements after this many seconds")
     p.add_argument("--quick", action="store_true", help="one point per sweep (smoke test)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
@@ -228,21 +237,48 @@ def run_report(args) -> dict:
     return payload
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _all_failed(result) -> list[str]:
+    """The errors of a result whose every row failed (nothing was measured), else []."""
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if not rows:
+        return []
+    failed = [r for r in rows if r.get("status") == "error"
+              or ("error" in r and r.get("status", "error") == "error")]
+    return [str(r.get("error")) for r in failed] if len(failed) == len(rows) else []
+
+
+def _dispatch(args) -> dict:
     if args.command in ("forward", "train"):
         return _run_model(args, args.command)
     if args.command == "baseline":
         return _run_baseline(args)
     if args.command == "report":
         return run_report(args)
-    if args.command == "aot":
-        try:
-            return args._module.main(args)
-        except (LibtpuMissingError, ValueError) as e:   # a clear message, not a traceback
-            parser.exit(2, f"{parser.prog} aot: error: {e}\n")
-    return args._module.main(args)
+    result = args._module.main(args)
+    fmt = getattr(args._module, "format_result", None)
+    if fmt is not None and args.command in EXTERNAL:
+        print(fmt(result))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Parses and checks every argument before any work; bad input exits with status 2 and a
+    one-paragraph `error:` message (no traceback), a run that measured nothing with status 1."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"{parser.prog} {args.command}"
+    try:
+        result = _dispatch(args)
+    except (validate.InputError, LibtpuMissingError) as e:   # a clear message, not a traceback
+        parser.exit(2, f"{prog}: error: {e}\n")
+    except ValueError as e:
+        if args.command != "aot":
+            raise
+        parser.exit(2, f"{prog}: error: {e}\n")
+    errors = _all_failed(result)
+    if errors:
+        parser.exit(1, f"{prog}: error: every measurement failed; the first: {errors[0]}\n")
+    return result
 
 
 if __name__ == "__main__":

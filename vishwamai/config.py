@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from vishwamai import validate
+
 DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
@@ -98,53 +100,39 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raises `ValueError` naming the first invalid field and its value."""
+        """Raises `InputError` (a `ValueError`) naming the first invalid field and its value."""
         for f in ("vocab_size", "num_layers", "num_heads", "head_dim", "hidden_dim",
                   "mlp_dim", "max_seq_len", "num_kv_heads"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"ModelConfig.{f} must be a positive int; got {v!r}")
+            validate.positive_int(f"ModelConfig.{f}", getattr(self, f))
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise validate.InputError(
                 f"ModelConfig.num_heads={self.num_heads} must be divisible by "
                 f"num_kv_heads={self.num_kv_heads}")
         choices = {"mlp_activation": ACTIVATIONS, "norm": NORMS, "position": POSITIONS,
                    "attention_impl": ATTENTION_IMPLS, "remat": REMAT_POLICIES,
-                   "fp8_scaling": FP8_SCALINGS, "rope_scaling": ROPE_SCALINGS}
+                   "fp8_scaling": FP8_SCALINGS, "rope_scaling": ROPE_SCALINGS,
+                   "dtype": tuple(DTYPES), "param_dtype": tuple(DTYPES)}
         for f, allowed in choices.items():
-            if getattr(self, f) not in allowed:
-                raise ValueError(
-                    f"ModelConfig.{f}={getattr(self, f)!r} is not one of {allowed}")
-        for f in ("dtype", "param_dtype"):
-            if getattr(self, f) not in DTYPES:
-                raise ValueError(
-                    f"ModelConfig.{f}={getattr(self, f)!r} is not one of {tuple(DTYPES)}")
+            validate.one_of(f"ModelConfig.{f}", getattr(self, f), allowed)
         if self.position == "rope" and self.head_dim % 2:
-            raise ValueError(
+            raise validate.InputError(
                 f"ModelConfig.head_dim={self.head_dim} must be even with position='rope'")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"ModelConfig.dropout_rate must be in [0, 1); got {self.dropout_rate!r}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"ModelConfig.norm_eps must be > 0; got {self.norm_eps!r}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"ModelConfig.rope_theta must be > 0; got {self.rope_theta!r}")
+        validate.fraction("ModelConfig.dropout_rate", self.dropout_rate)
+        validate.positive("ModelConfig.norm_eps", self.norm_eps)
+        validate.positive("ModelConfig.rope_theta", self.rope_theta)
         for f in ("tie_embeddings", "use_bias", "qkv_bias", "use_fp8", "scan_layers"):
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"ModelConfig.{f} must be a bool; got {getattr(self, f)!r}")
+            validate.boolean(f"ModelConfig.{f}", getattr(self, f))
+        if not isinstance(self.name, str):
+            validate.fail("ModelConfig.name", self.name, "a str", type_error=True)
         if self.rope_scaling != "none":
             for f in ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
-                v = getattr(self, f)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                    raise ValueError(f"ModelConfig.{f} must be a number > 0; got {v!r}")
+                validate.positive(f"ModelConfig.{f}", getattr(self, f))
             if self.rope_scaling == "llama3":
                 if not self.rope_high_freq_factor > self.rope_low_freq_factor:
-                    raise ValueError(
+                    raise validate.InputError(
                         f"ModelConfig.rope_high_freq_factor={self.rope_high_freq_factor} must "
                         f"exceed rope_low_freq_factor={self.rope_low_freq_factor}")
-                v = self.rope_original_max_len
-                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                    raise ValueError(
-                        f"ModelConfig.rope_original_max_len must be a positive int; got {v!r}")
+                validate.positive_int("ModelConfig.rope_original_max_len", self.rope_original_max_len)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -198,7 +186,8 @@ class ModelConfig:
         """
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"ModelConfig.replace got unknown fields {sorted(unknown)}")
+            raise validate.InputError(f"ModelConfig.replace got unknown fields {sorted(unknown)}; accepted: "
+                               f"{sorted(f.name for f in dataclasses.fields(self))}")
         if ("num_heads" in changes and "num_kv_heads" not in changes
                 and self.num_kv_heads == self.num_heads):
             changes["num_kv_heads"] = None
@@ -208,9 +197,9 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     def check_seq_len(self, seq_len: int) -> None:
-        """Raises `ValueError` if a call would exceed `max_seq_len`."""
+        """Raises `InputError` (a `ValueError`) if a call would exceed `max_seq_len`."""
         if seq_len > self.max_seq_len:
-            raise ValueError(
+            raise validate.InputError(
                 f"sequence length {seq_len} exceeds ModelConfig.max_seq_len={self.max_seq_len}")
 
     # ------------------------------------------------------------------ seed format
@@ -267,7 +256,7 @@ class ModelConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            raise ValueError(
+            raise validate.InputError(
                 f"unknown config keys {unknown}; accepted: {sorted(fields | set(SEED_KEYS))}")
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.default is dataclasses.MISSING and f.name not in d]
@@ -679,7 +668,7 @@ def hf_config(name: str) -> dict:
 def get_preset(name: str) -> ModelConfig:
     """The preset called `name`; `ValueError` listing the names otherwise."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; accepted: {sorted(PRESETS)}")
+        raise validate.InputError(f"preset={name!r} is not accepted: expected one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 
@@ -711,8 +700,8 @@ def as_config(config: "ModelConfig | Mapping[str, Any] | str") -> ModelConfig:
         return get_preset(config)
     if isinstance(config, (ModelConfig, Mapping)):
         return ModelConfig.from_dict(config)
-    raise ValueError(f"config must be a ModelConfig, a preset name or a dict; got "
-                     f"{type(config).__name__}")
+    raise validate.InputTypeError(f"config must be a ModelConfig, a preset name or a dict; got "
+                           f"{type(config).__name__}")
 
 
 def resolve_preset(name: str = "auto", *, cpu: str = "tiny", accelerator: str = "base") -> str:

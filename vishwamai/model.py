@@ -12,21 +12,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vishwamai import hf
+from vishwamai import hf, validate
 from vishwamai.config import PARAM_COMPONENTS, ModelConfig, as_config
 from vishwamai.kernels.fp8 import quantized_nbytes
 from vishwamai.transformer import (SCAN_NAME, create_vishwamai_transformer, stack_layers,
                                    unstack_layers)
 
 
-def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
-    """Mean next-token cross-entropy in f32. `mask_BT` (1 = count) weights positions."""
+def cross_entropy(logits_BTV, targets_BT, mask_BT=None, *, ignore_index: int | None = None):
+    """Mean next-token cross-entropy in f32 over the counted positions.
+
+    Args:
+      logits_BTV: `[B, T, V]` logits.
+      targets_BT: `[B, T]` int ids in [0, V), or `ignore_index` where a position is not scored.
+      mask_BT: optional `[B, T]` weights (1 = count the position, 0 = ignore).
+      ignore_index: a target value that marks a position as not scored (Hugging Face and torch
+        use -100): it is left out of the sum and of the count of positions.
+    Returns:
+      `sum(nll * weight) / max(sum(weight), 1)`, weight = mask and not ignored.
+
+    Concrete targets outside [0, V) (other than `ignore_index`) raise `InputError`; under jit,
+    where their values are unknown, such a target makes the loss NaN.
+    """
+    V = logits_BTV.shape[-1]
+    targets_BT = jnp.asarray(targets_BT)
+    validate.token_ids("targets", targets_BT, V, ignore_index=ignore_index)
+    keep_BT, safe_BT, bad_BT = target_masks(targets_BT, V, ignore_index)
     logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
-    nll_BT = -jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
-    if mask_BT is None:
-        return jnp.mean(nll_BT)
-    mask_BT = mask_BT.astype(jnp.float32)
-    return jnp.sum(nll_BT * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)
+    nll_BT = -jnp.take_along_axis(logp, safe_BT[..., None], axis=-1)[..., 0]
+    w_BT = keep_BT.astype(jnp.float32)
+    if mask_BT is not None:
+        w_BT = w_BT * jnp.asarray(mask_BT, jnp.float32)
+    loss = jnp.sum(nll_BT * w_BT) / jnp.maximum(jnp.sum(w_BT), 1.0)
+    return jnp.where(jnp.any(bad_BT), jnp.nan, loss)
+
+
+def target_masks(targets_BT, vocab_size: int, ignore_index: int | None = None):
+    """`(keep, safe, bad)` for a target array: `keep` False at `ignore_index`, `safe` the ids
+    with every unusable one replaced by 0 (so a gather never reads another row), `bad` True at
+    ids outside [0, vocab_size) that are not `ignore_index` (the caller makes the loss NaN)."""
+    ignored = (jnp.zeros(targets_BT.shape, bool) if ignore_index is None
+               else targets_BT == ignore_index)
+    bad = ((targets_BT < 0) | (targets_BT >= vocab_size)) & ~ignored
+    safe = jnp.where(ignored | bad, 0, targets_BT).astype(jnp.int32)
+    return ~ignored, safe, bad
 
 
 def sample_logits(logits_BV, rng, *, temperature: float = 0.0, top_k: int | None = None,
@@ -59,12 +88,11 @@ def sample_logits(logits_BV, rng, *, temperature: float = 0.0, top_k: int | None
 
 
 def _check_sampling(temperature, top_k, top_p, vocab_size):
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0; got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
-        raise ValueError(f"top_k must be an int in [1, {vocab_size}] or None; got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None; got {top_p!r}")
+    validate.non_negative("temperature", temperature)
+    if top_k is not None:
+        validate.integer("top_k", top_k, lo=1, hi=vocab_size)
+    if top_p is not None:
+        validate.probability("top_p", top_p)
 
 
 def _check_mask(attention_mask, shape, *, left_padded: bool):
@@ -122,6 +150,20 @@ def _component(path) -> str:
     if any(k.endswith("norm") for k in keys):
         return "norms"
     raise ValueError(f"parameter {'/'.join(keys)} belongs to no known component")
+
+
+def _cache_fill(cache):
+    """(positions filled, capacity S) of a KV cache made by `init_cache`; (None, None) if it
+    has no such entries."""
+    used = cache.get("position") if isinstance(cache, Mapping) else None
+    capacity = None
+    for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+        if getattr(path[-1], "key", None) == "cached_key":
+            capacity = leaf.shape[-3]          # [B, S, K, H], or [L, B, S, K, H] scanned
+            break
+    if used is None or capacity is None:
+        return None, None
+    return used, capacity
 
 
 def weight_bytes(num_params: int) -> dict:
@@ -282,10 +324,25 @@ class VishwamAI:
         return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs,
                                  return_hidden=True)
 
-    def loss(self, params, tokens_BT, *, train: bool = False, rng=None):
-        """Mean next-token cross-entropy: positions 0..T-2 predict tokens 1..T-1."""
+    def loss(self, params, tokens_BT, *, train: bool = False, rng=None, labels_BT=None,
+             ignore_index: int | None = None):
+        """Mean next-token cross-entropy: positions 0..T-2 predict tokens 1..T-1.
+
+        `labels_BT` (optional, `[B, T]` like the tokens, Hugging Face's convention) gives the
+        targets instead of the tokens themselves (position t+1's label is scored at t);
+        `ignore_index` (e.g. -100) marks labels left out of the loss and of its count.
+        """
+        tokens_BT = jnp.asarray(tokens_BT)
+        labels_BT = tokens_BT if labels_BT is None else jnp.asarray(labels_BT)
+        if labels_BT.shape != tokens_BT.shape:
+            raise validate.InputError(f"labels_BT must have the tokens' shape [B, T]="
+                                      f"{list(tokens_BT.shape)}; got {list(labels_BT.shape)}")
+        if ignore_index is not None:
+            validate.integer("ignore_index", ignore_index)
+        validate.token_ids("labels_BT[:, 1:]" if labels_BT is not tokens_BT else "tokens",
+                           labels_BT[:, 1:], self.config.vocab_size, ignore_index=ignore_index)
         logits = self.logits(params, tokens_BT[:, :-1], train=train, rng=rng)
-        return cross_entropy(logits, tokens_BT[:, 1:])
+        return cross_entropy(logits, labels_BT[:, 1:], ignore_index=ignore_index)
 
     # ------------------------------------------------------------------ decoding
     def init_cache(self, batch_size: int, max_len: int):
@@ -300,11 +357,24 @@ class VishwamAI:
         """Runs `tokens_BT` through the model against `cache`; returns (logits, new cache).
 
         `positions_BT` and `kv_valid_BS` (`[B, S]` over the whole cache) serve padded batches;
-        see `TransformerModel.__call__`.
+        see `TransformerModel.__call__`. The cache holds S positions (`init_cache`'s
+        `max_len`): a call that would write past them raises `InputError` when the cache's
+        position is concrete, and returns NaN logits under jit (where it is not).
         """
+        T = jnp.shape(tokens_BT)[1] if jnp.ndim(tokens_BT) == 2 else None
+        used, capacity = _cache_fill(cache)
+        if T is not None and used is not None and not isinstance(used, jax.core.Tracer):
+            if int(used) + T > capacity:
+                raise validate.InputError(
+                    f"decode_step: the KV cache holds {capacity} positions (its capacity, "
+                    f"init_cache's max_len) and {int(used)} are filled; tokens_BT adds T={T}, "
+                    f"{int(used) + T} > {capacity}. Make a larger cache with "
+                    f"init_cache(batch_size, max_len>={int(used) + T}).")
         logits, mutated = self.module.apply({"params": params, "cache": cache}, tokens_BT,
                                             decode=True, mutable=["cache"],
                                             positions_BT=positions_BT, kv_valid_BS=kv_valid_BS)
+        if T is not None and used is not None:   # under jit: an overflow shows as NaN
+            logits = jnp.where(used + T <= capacity, logits, jnp.nan)
         return logits, mutated["cache"]
 
     def generate(self, params, prompt_BT, max_new_tokens: int, *, temperature: float = 0.0,
@@ -335,14 +405,15 @@ class VishwamAI:
         prompt_BT = jnp.asarray(prompt_BT)
         if prompt_BT.ndim != 2 or not jnp.issubdtype(prompt_BT.dtype, jnp.integer):
             raise ValueError(f"prompt must be an int array [B, T]; got {prompt_BT.dtype}{list(prompt_BT.shape)}")
-        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
-            raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}")
+        validate.positive_int("max_new_tokens", max_new_tokens)
         _check_sampling(temperature, top_k, top_p, self.config.vocab_size)
         total = prompt_BT.shape[1] + max_new_tokens
         if total > self.config.max_seq_len:
-            raise ValueError(
+            raise validate.InputError(
                 f"prompt length {prompt_BT.shape[1]} + max_new_tokens {max_new_tokens} = {total} "
-                f"exceeds max_seq_len={self.config.max_seq_len}")
+                f"exceeds max_seq_len={self.config.max_seq_len} (the KV cache and the positions "
+                f"hold at most that many tokens)")
+        validate.token_ids("prompt", prompt_BT, self.config.vocab_size)
         if temperature > 0 and rng is None:
             raise ValueError("rng is required when temperature > 0")
         rng = jax.random.PRNGKey(0) if rng is None else rng

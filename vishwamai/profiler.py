@@ -28,12 +28,13 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
 import pandas as pd
 
+from vishwamai import validate
 from vishwamai.analysis.hardware import peak_flops
 from vishwamai.measure import CompiledStats, busy_fractions
 
@@ -245,16 +246,25 @@ class TPUProfiler:
     OPTIONS = ("log_dir", "trace", "peak_flops", "dtype", "device")
 
     def __init__(self, config: dict | None = None):
+        if config is not None and not isinstance(config, Mapping):
+            validate.fail("TPUProfiler config", config, f"a dict with keys from {list(self.OPTIONS)}",
+                          type_error=True)
         config = dict(config or {})
         unknown = sorted(set(config) - set(self.OPTIONS))
         if unknown:
-            raise ValueError(f"TPUProfiler: unknown config keys {unknown}; accepted: "
-                             f"{list(self.OPTIONS)}")
+            raise validate.InputError(f"TPUProfiler: unknown config keys {unknown}; accepted: "
+                                      f"{list(self.OPTIONS)}")
+        if config.get("log_dir") is not None and not isinstance(config["log_dir"], (str, os.PathLike)):
+            validate.fail("log_dir", config["log_dir"], "a directory path or None", type_error=True)
+        if "trace" in config:
+            validate.boolean("trace", config["trace"])
+        if config.get("peak_flops") is not None:
+            validate.positive("peak_flops", config["peak_flops"])
         self.config = config
         self.log_dir = config.get("log_dir")
         self.trace = bool(config.get("trace", self.log_dir is not None))
         if self.trace and not self.log_dir:
-            raise ValueError("TPUProfiler: trace=True needs a log_dir")
+            raise validate.InputError("TPUProfiler: trace=True needs a log_dir")
         self.device = config.get("device") or jax.devices()[0]
         self._calls: list[_Call] = []
         self._current: Region | None = None
@@ -326,6 +336,12 @@ class TPUProfiler:
         Yields:
           a `Region`.
         """
+        if not isinstance(name, str) or not name:
+            validate.fail("name", name, "a non-empty str (the region's name)", type_error=True)
+        if flops is not None:
+            validate.non_negative("flops", flops)
+        if bytes_accessed is not None:
+            validate.non_negative("bytes_accessed", bytes_accessed)
         if self._current is not None:
             raise RuntimeError(f"profile_region({name!r}) inside region {self._current.name!r}; "
                                "regions do not nest")

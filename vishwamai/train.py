@@ -17,6 +17,7 @@ norms, softmax and the loss compute in f32.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -28,7 +29,8 @@ import optax
 
 from vishwamai.compat import einsum_f32
 from vishwamai.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES, ModelConfig, as_config
-from vishwamai.model import VishwamAI
+from vishwamai import validate
+from vishwamai.model import VishwamAI, target_masks
 
 DEFAULT_CHUNK = 128
 
@@ -144,7 +146,7 @@ def _checkpointed_ce_sum(h_BTD, head_fn, t_BT, m_BT, chunk: int):
 
 
 def cross_entropy_sum(hidden_BTD, head_weight_or_fn, targets_BT, *,
-                      chunk_size: int = DEFAULT_CHUNK, mask=None):
+                      chunk_size: int = DEFAULT_CHUNK, mask=None, ignore_index: int | None = None):
     """Sum over counted positions of the next-token NLL, and the count. See
     `chunked_cross_entropy`; returns `(nll_sum, count)`, both f32 scalars."""
     if hidden_BTD.ndim != 3:
@@ -152,25 +154,36 @@ def cross_entropy_sum(hidden_BTD, head_weight_or_fn, targets_BT, *,
     B, T, D = hidden_BTD.shape
     if targets_BT.shape != (B, T):
         raise ValueError(f"targets must be [B, T]=({B}, {T}); got {targets_BT.shape}")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
+    validate.positive_int("chunk_size", chunk_size)
+    if ignore_index is not None:
+        validate.integer("ignore_index", ignore_index)
     chunk = min(chunk_size, T)
     m_BT = jnp.ones((B, T), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
     if m_BT.shape != (B, T):
         raise ValueError(f"mask must be [B, T]=({B}, {T}); got {m_BT.shape}")
-    t_BT = jnp.asarray(targets_BT, jnp.int32)
     if callable(head_weight_or_fn):
-        total = _checkpointed_ce_sum(hidden_BTD, head_weight_or_fn, t_BT, m_BT, chunk)
+        V = jax.eval_shape(head_weight_or_fn, hidden_BTD[:, :1]).shape[-1]
     else:
         w = head_weight_or_fn
         if w.ndim != 2 or w.shape[0] != D:
             raise ValueError(f"head weight must be [D, V] with D={D}; got shape {w.shape}")
+        V = w.shape[-1]
+    validate.token_ids("targets", targets_BT, V, ignore_index=ignore_index)
+    keep_BT, t_BT, bad_BT = target_masks(jnp.asarray(targets_BT), V, ignore_index)
+    m_BT = m_BT * keep_BT
+    if callable(head_weight_or_fn):
+        total = _checkpointed_ce_sum(hidden_BTD, head_weight_or_fn, t_BT, m_BT, chunk)
+    else:
         total = _fused_ce_sum(hidden_BTD, w, t_BT, m_BT, chunk)
+    # A target outside [0, V) that is not ignore_index (only possible under jit, where the
+    # check above cannot see values): the loss is NaN rather than a loss on another token.
+    total = jnp.where(jnp.any(bad_BT & (m_BT > 0)), jnp.nan, total)
     return total, jnp.sum(m_BT)
 
 
 def chunked_cross_entropy(hidden_BTD, head_weight_or_fn, targets_BT, *,
-                          chunk_size: int = DEFAULT_CHUNK, mask=None):
+                          chunk_size: int = DEFAULT_CHUNK, mask=None,
+                          ignore_index: int | None = None):
     """Mean next-token cross-entropy without materialising the `[B, T, V]` logits.
 
     `hidden_BTD[:, t]` is the final-normed hidden state whose logits predict `targets_BT[:, t]`
@@ -187,12 +200,15 @@ def chunked_cross_entropy(hidden_BTD, head_weight_or_fn, targets_BT, *,
       targets_BT: `[B, T]` int target ids.
       chunk_size: positions per chunk (clipped to T; T need not be a multiple).
       mask: optional `[B, T]` weights (1 = count the position, 0 = ignore).
+      ignore_index: a target value (e.g. -100) whose positions are left out of the sum and
+        of the count. Other targets must be in [0, V): concrete ones are checked
+        (`InputError`); under jit a bad one makes the loss NaN.
 
     Returns:
       The f32 scalar `sum(nll * mask) / max(sum(mask), 1)`, equal to `cross_entropy(h @ W, t)`.
     """
     total, count = cross_entropy_sum(hidden_BTD, head_weight_or_fn, targets_BT,
-                                     chunk_size=chunk_size, mask=mask)
+                                     chunk_size=chunk_size, mask=mask, ignore_index=ignore_index)
     return total / jnp.maximum(count, 1.0)
 
 
@@ -204,10 +220,10 @@ def lr_schedule(learning_rate: float = 3e-4, *, warmup_steps: int = 100, total_s
                 min_lr_ratio: float = 0.1) -> Callable:
     """Linear warm-up from 0 to `learning_rate` (the peak) over `warmup_steps`, then cosine
     decay to `min_lr_ratio * learning_rate` at `total_steps`."""
-    if not (isinstance(total_steps, int) and total_steps >= 1):
-        raise ValueError(f"total_steps must be an int >= 1; got {total_steps!r}")
-    if not (isinstance(warmup_steps, int) and 0 <= warmup_steps < total_steps):
-        raise ValueError(f"warmup_steps must be an int in [0, total_steps); got {warmup_steps!r}")
+    validate.positive("learning_rate", learning_rate)
+    validate.positive_int("total_steps", total_steps)
+    validate.integer("warmup_steps", warmup_steps, lo=0, hi=total_steps - 1)
+    validate.fraction("min_lr_ratio", min_lr_ratio, closed=True)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
         decay_steps=total_steps, end_value=learning_rate * min_lr_ratio)
@@ -232,6 +248,12 @@ def make_optimizer(learning_rate: float = 3e-4, *, warmup_steps: int = 100, tota
     """AdamW (decoupled weight decay on matrices only) behind global-norm clipping, with the
     warm-up + cosine `lr_schedule`. The current learning rate is kept in the optimizer state
     (`optax.inject_hyperparams`), so the train step can report it."""
+    validate.non_negative("weight_decay", weight_decay)
+    validate.fraction("b1", b1)
+    validate.fraction("b2", b2)
+    validate.positive("eps", eps)
+    if clip_norm is not None:
+        validate.positive("clip_norm", clip_norm)
     schedule = lr_schedule(learning_rate, warmup_steps=warmup_steps, total_steps=total_steps,
                            min_lr_ratio=min_lr_ratio)
     adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
@@ -252,8 +274,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     consumer instead: on the `small` preset (58M parameters, f32, 2-core CPU) the optimizer
     update takes ~100 ms instead of ~155 ms.
     """
-    if not max_norm > 0:
-        raise ValueError(f"clip_norm must be > 0 or None; got {max_norm!r}")
+    validate.positive("clip_norm", max_norm)
 
     def init_fn(params):
         del params
@@ -287,17 +308,12 @@ def as_model(model_or_cfg, *, dtype=None, remat=None, attention_impl=None) -> Vi
     cfg = model_or_cfg.config if isinstance(model_or_cfg, VishwamAI) else as_config(model_or_cfg)
     changes = {}
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPES)}")
-        changes["dtype"] = dtype
+        changes["dtype"] = validate.one_of("dtype", dtype, DTYPES)
     if remat is not None:
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
-        changes["remat"] = remat
+        changes["remat"] = validate.one_of("remat", remat, REMAT_POLICIES)
     if attention_impl is not None:
-        if attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention_impl={attention_impl!r} is not one of {ATTENTION_IMPLS}")
-        changes["attention_impl"] = attention_impl
+        changes["attention_impl"] = validate.one_of("attention_impl", attention_impl,
+                                                    ATTENTION_IMPLS)
     if changes:
         cfg = cfg.replace(**changes)
     if isinstance(model_or_cfg, VishwamAI) and cfg == model_or_cfg.config:
@@ -357,8 +373,7 @@ def make_grad_fn(model, *, chunk_size: int = DEFAULT_CHUNK, accum_steps: int = 1
     are alive at a time. Every position is weighted by 1 / (counted positions in the whole
     batch), so the result equals the one-shot gradient up to summation order.
     """
-    if not (isinstance(accum_steps, int) and accum_steps >= 1):
-        raise ValueError(f"accum_steps must be an int >= 1; got {accum_steps!r}")
+    validate.positive_int("accum_steps", accum_steps)
     loss_sum = make_loss_fn(model, chunk_size=chunk_size, train=train)
 
     def grad_fn(params, batch, rng):
@@ -475,8 +490,14 @@ def fit(model_or_cfg, batches: Iterable, steps: int, *, optimizer=None, rng=None
     learning_rate and the wall-clock seconds of that step alone (the steps before it are
     finished first; the first logged step includes compilation).
     A convenience for the book and the tests; real runs call the step in their own loop.
+    Each batch's token ids are checked on the host (they are concrete here) and `batches`
+    running out before `steps` raises `InputError` saying how many it gave.
     """
-    optimizer = optimizer or make_optimizer(warmup_steps=max(1, steps // 10), total_steps=steps)
+    validate.positive_int("steps", steps)
+    validate.positive_int("log_every", log_every)
+    batches = _checked_batches(batches, steps, _vocab_size(model_or_cfg))
+    optimizer = optimizer or make_optimizer(warmup_steps=min(max(1, steps // 10), steps - 1),
+                                            total_steps=steps)
     step_fn = make_train_step(model_or_cfg, optimizer, **step_kw)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     state = state or create_train_state(step_fn.model, optimizer, rng)
@@ -493,6 +514,50 @@ def fit(model_or_cfg, batches: Iterable, steps: int, *, optimizer=None, rng=None
             history.append({"step": i + 1, **{k: float(v) for k, v in metrics.items()},
                             "seconds": time.perf_counter() - t0})
     return state, history
+
+
+def _vocab_size(model_or_cfg) -> int:
+    cfg = model_or_cfg.config if isinstance(model_or_cfg, VishwamAI) else as_config(model_or_cfg)
+    return cfg.vocab_size
+
+
+def _checked_batches(batches, steps: int, vocab_size: int):
+    """`batches` as an iterator that checks each batch's token ids and says, when it runs
+    out, how many batches it gave against the steps asked (instead of a bare StopIteration).
+    A sized `batches` (a list) shorter than `steps` is refused at once, before any work."""
+    try:
+        it = iter(batches)
+    except TypeError:
+        validate.fail("batches", batches, "an iterable of batches (int [B, T+1] arrays or "
+                      "{'tokens': ..., 'mask': ...} dicts)", type_error=True)
+    if hasattr(batches, "__len__") and len(batches) < steps:
+        raise validate.InputError(
+            f"batches holds {len(batches)} batch(es) but steps={steps} were asked: give at "
+            f"least {steps} batches (e.g. itertools.cycle(batches)) or fewer steps")
+    try:                     # the first batch is checked now, before any compilation
+        first = next(it)
+    except StopIteration:
+        raise validate.InputError(f"batches is empty but steps={steps} were asked") from None
+    validate.token_ids("batches[0] tokens", _split_batch(first)[0], vocab_size)
+    return _checking(itertools.chain([first], it), steps, vocab_size)
+
+
+def _checking(it, steps: int, vocab_size: int):
+    given = 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            if given < steps:
+                raise validate.InputError(
+                    f"batches ran out after {given} batch(es) but steps={steps} were asked: "
+                    f"give at least {steps} batches (e.g. itertools.cycle(batches)) or fewer "
+                    "steps") from None
+            return
+        tokens, _ = _split_batch(batch)
+        validate.token_ids(f"batches[{given}] tokens", tokens, vocab_size)
+        given += 1
+        yield batch
 
 
 def eval_loss(model, params, batch, *, chunk_size: int = DEFAULT_CHUNK) -> float:

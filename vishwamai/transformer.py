@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vishwamai import validate
 from vishwamai.config import ModelConfig, as_config
 from vishwamai.layers.attention import FlashAttention
 from vishwamai.layers.embeddings import Embed
@@ -173,6 +174,9 @@ def _check_tokens(tokens, cfg: ModelConfig):
     if shape[1] == 0:
         raise ValueError("tokens must hold at least one position; got T=0")
     cfg.check_seq_len(shape[1])
+    # Concrete ids are range-checked on the host; traced ones (under jit) cannot be, and an
+    # out-of-range id there becomes a NaN embedding row instead (see `Embed`).
+    validate.token_ids("tokens", tokens, cfg.vocab_size)
 
 
 class TransformerModel(nn.Module):

@@ -21,6 +21,7 @@ Conventions (stated once, used everywhere):
 from __future__ import annotations
 
 from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai import validate
 from vishwamai.config import REMAT_POLICIES, ModelConfig, as_config
 
 CONVENTIONS = ("causal", "full", "exact")
@@ -28,8 +29,7 @@ CONVENTIONS = ("causal", "full", "exact")
 
 def _pairs(T: int, S: int, causal: bool, convention: str) -> float:
     """(query, key) pairs one head scores for T queries against S keys."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention={convention!r} is not one of {CONVENTIONS}")
+    validate.one_of("convention", convention, CONVENTIONS)
     if not causal or convention == "full":
         return T * S
     if convention == "causal":
@@ -51,8 +51,9 @@ def layer_flops(cfg: ModelConfig | str, *, batch: int, seq_len: int, kv_len: int
       attention_values (PV), weights, attention, total.
     """
     c = as_config(cfg)
-    B, T = batch, seq_len
-    S = T if kv_len is None else kv_len
+    B, T = validate.positive_int("batch", batch), validate.positive_int("seq_len", seq_len)
+    S = T if kv_len is None else validate.positive_int("kv_len", kv_len)
+    validate.boolean("causal", causal)
     D, N, K, H, F = c.hidden_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim
     BT = B * T
     wi_cols = 2 * F if c.gated_mlp else F
@@ -115,8 +116,7 @@ def remat_extra_flops(cfg: ModelConfig | str, remat: str, *, batch: int, seq_len
         (attention, out projection, MLP input projection).
     The embedding and the logits matmul are outside the remat blocks and never replayed.
     """
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
+    validate.one_of("remat", remat, REMAT_POLICIES)
     c = as_config(cfg)
     f = layer_flops(c, batch=batch, seq_len=seq_len, causal=causal, convention=convention)
     per_layer = {
@@ -149,10 +149,11 @@ def flops(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "forw
       elementwise if asked), per_token (total / (B*T)), tokens, and 'layer' (one block's
       forward breakdown, see `layer_flops`).
     """
-    if mode not in ("forward", "train"):
-        raise ValueError(f"mode={mode!r} is not one of ('forward', 'train')")
+    validate.one_of("mode", mode, ("forward", "train"))
+    validate.positive_int("batch", batch)
+    validate.positive_int("seq_len", seq_len)
     c = as_config(cfg)
-    remat = c.remat if remat is None else remat
+    remat = c.remat if remat is None else validate.one_of("remat", remat, REMAT_POLICIES)
     layer = layer_flops(c, batch=batch, seq_len=seq_len, causal=causal, convention=convention)
     L = c.num_layers
     mult = 3 if mode == "train" else 1
@@ -179,6 +180,7 @@ def flops_per_token(cfg: ModelConfig | str, seq_len: int, *, mode: str = "train"
     6N train) and attention_share (attention / exact).
     """
     c = as_config(cfg)
+    validate.positive_int("seq_len", seq_len)
     f = flops(c, batch=1, seq_len=seq_len, mode=mode, convention=convention, remat="none")
     n = count_params(c)["matmul"]
     approx = (6 if mode == "train" else 2) * n
@@ -195,6 +197,8 @@ def decode_flops(cfg: ModelConfig | str, batch: int, cache_len: int, *,
     Returns: weights, attention, logits, total, per_token.
     """
     c = as_config(cfg)
+    validate.positive_int("batch", batch)
+    validate.positive_int("cache_len", cache_len)
     layer = layer_flops(c, batch=batch, seq_len=1, kv_len=cache_len, causal=False)
     L = c.num_layers
     logits = 2 * batch * c.hidden_dim * c.vocab_size if include_logits else 0

@@ -22,7 +22,8 @@ Conventions:
 from __future__ import annotations
 
 from vishwamai.analysis.params import bytes_per, count_params
-from vishwamai.config import REMAT_POLICIES, ModelConfig, as_config
+from vishwamai import validate
+from vishwamai.config import ATTENTION_IMPLS, REMAT_POLICIES, ModelConfig, as_config
 
 OPTIMIZERS = ("adamw", "adamw_param_dtype", "sgd", "adafactor", "none")
 ATTENTIONS = ("reference", "xla", "flash")
@@ -33,6 +34,7 @@ F32 = 4
 def _attention_kind(cfg: ModelConfig, attention: str | None) -> str:
     """'reference' | 'xla' | 'flash': how the attention op stores its scores."""
     a = attention or cfg.attention_impl
+    validate.one_of("attention", a, ATTENTION_IMPLS)
     if a in ("reference", "xla", "flash"):
         return a
     if a in ("cudnn", "pallas_tpu"):
@@ -84,8 +86,9 @@ def saved_per_layer(cfg: ModelConfig | str, *, batch: int, seq_len: int,
     """
     c = as_config(cfg)
     remat = c.remat if remat is None else remat
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
+    validate.one_of("remat", remat, REMAT_POLICIES)
+    validate.positive_int("batch", batch)
+    validate.positive_int("seq_len", seq_len)
     att = _attention_kind(c, attention)
     if att not in ATTENTIONS:
         raise ValueError(f"attention={attention!r} is not one of {ATTENTIONS}")
@@ -130,8 +133,7 @@ def saved_outside_layers(cfg: ModelConfig | str, *, batch: int, seq_len: int,
     logits live inside one step of the loss's scan) but keeps the f32 gradient of the hidden
     states [B,T,D] it computed on the way.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r} is not one of {LOSSES}")
+    validate.one_of("loss", loss, LOSSES)
     c = as_config(cfg)
     cb = bytes_per(c.dtype)
     BT = batch * seq_len
@@ -183,8 +185,7 @@ def activation_bytes(cfg: ModelConfig | str, *, batch: int, seq_len: int,
 
 def optimizer_bytes(cfg: ModelConfig | str, optimizer: str = "adamw") -> dict:
     """Optimizer state bytes: moments and (for low-precision parameters) f32 master weights."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+    validate.one_of("optimizer", optimizer, OPTIMIZERS)
     c = as_config(cfg)
     n = count_params(c)["total"]
     low_precision = bytes_per(c.param_dtype) < F32
@@ -240,8 +241,13 @@ def memory(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "tra
       logits (inference output; in training the loss's logits are in activations/workspace),
       total.
     """
-    if mode not in ("train", "inference"):
-        raise ValueError(f"mode={mode!r} is not one of ('train', 'inference')")
+    validate.one_of("mode", mode, ("train", "inference"))
+    validate.positive_int("batch", batch)
+    validate.positive_int("seq_len", seq_len)
+    if cache_len is not None:
+        validate.non_negative_int("cache_len", cache_len)
+    validate.positive_int("chunk_size", chunk_size)
+    validate.one_of("optimizer", optimizer, OPTIMIZERS)
     c = as_config(cfg)
     n = count_params(c)["total"]
     pb = bytes_per(c.param_dtype)

@@ -21,6 +21,7 @@ from vishwamai.analysis.memory import (F32, _attention_kind, activation_bytes,
                                        forward_working_set, kv_cache_bytes, optimizer_bytes,
                                        saved_per_layer)
 from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai import validate
 from vishwamai.config import ModelConfig, as_config
 
 SHARDINGS = ("data", "fsdp", "tensor")
@@ -33,6 +34,8 @@ def roofline(flop_count: float, hbm_bytes: float, hardware: str | Chip,
     Returns: compute_s, memory_s, time_s (the max), intensity (FLOPs/byte), ridge
     (peak/bandwidth), bound ('compute' | 'memory'), peak, bandwidth.
     """
+    validate.non_negative("flop_count", flop_count)
+    validate.non_negative("hbm_bytes", hbm_bytes)
     chip = get_chip(hardware)
     peak = peak_flops(dtype, chip)[0]
     compute_s = flop_count / peak
@@ -57,6 +60,11 @@ def hbm_traffic(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str =
     mode 'decode': weights read once, the KV cache of `cache_len` positions read, one position
       written; `batch` tokens per step.
     """
+    validate.one_of("mode", mode, ("train", "prefill", "decode"))
+    validate.positive_int("batch", batch)
+    validate.positive_int("seq_len", seq_len)
+    if cache_len is not None:
+        validate.positive_int("cache_len", cache_len)
     c = as_config(cfg)
     n = count_params(c)["total"]
     pb = bytes_per(c.param_dtype)
@@ -93,6 +101,9 @@ def step_roofline(cfg: ModelConfig | str, hardware: str | Chip, *, batch: int, s
     'decode' one token per sequence against `cache_len` cached positions. Adds
     tokens_per_s = tokens in the step / time_s (the roofline's upper bound).
     """
+    validate.one_of("mode", mode, ("train", "prefill", "decode"))
+    validate.positive_int("batch", batch)
+    validate.positive_int("seq_len", seq_len)
     c = as_config(cfg)
     if mode == "train":
         f = flops(c, batch=batch, seq_len=seq_len, mode="train", remat=remat)["hardware"]
@@ -122,8 +133,9 @@ def tokens_per_second(cfg: ModelConfig | str, hardware: str | Chip, *, seq_len: 
     Model FLOPs per token come from `flops` at batch 1 and this sequence length, so attention
     is counted ('train' = 3x forward; remat excluded, as MFU requires).
     """
-    if not 0 < mfu <= 1:
-        raise ValueError(f"mfu must be in (0, 1]; got {mfu!r}")
+    validate.probability("mfu", mfu)
+    validate.positive_int("seq_len", seq_len)
+    validate.positive_int("chips", chips)
     c = as_config(cfg)
     peak, source = peak_flops(dtype, get_chip(hardware))
     per_token = flops(c, batch=1, seq_len=seq_len, mode=mode, convention=convention,
@@ -156,18 +168,21 @@ def plan(cfg: ModelConfig | str, hardware: str | Chip, chips: int, *, batch: int
         time), 'tensor' (weights and state split; batch not split; head/MLP-width activations
         and the KV cache split, the residual stream replicated).
       remat, optimizer, loss, attention: see `vishwamai.analysis.memory`.
-      headroom: fraction of HBM usable.
+      headroom: fraction of HBM usable, in (0, 1] (1.0: all of it).
 
     Returns:
       dict: per_chip (bytes by part and 'total'), hbm (bytes per chip), fits (bool),
       utilisation (total / hbm), batch_per_chip, and the arguments.
     """
-    if sharding not in SHARDINGS:
-        raise ValueError(f"sharding={sharding!r} is not one of {SHARDINGS}")
-    if mode not in ("train", "serve"):
-        raise ValueError(f"mode={mode!r} is not one of ('train', 'serve')")
-    if not (isinstance(chips, int) and chips >= 1):
-        raise ValueError(f"chips must be an int >= 1; got {chips!r}")
+    validate.one_of("sharding", sharding, SHARDINGS)
+    validate.one_of("mode", mode, ("train", "serve"))
+    validate.positive_int("chips", chips)
+    validate.positive_int("batch", batch)
+    validate.positive_int("seq_len", seq_len)
+    if cache_len is not None:
+        validate.positive_int("cache_len", cache_len)
+    # A fraction of the chip's HBM: 1.0 allows all of it, 0.9 keeps 10% for the runtime.
+    validate.in_range("headroom", headroom, 0, 1, lo_open=True)
     c = as_config(cfg)
     chip = get_chip(hardware)
     n = count_params(c)["total"]
@@ -291,12 +306,11 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
       under FSDP, the gathered head), kv_cache, cache_update (a scanned decode step's new
       stacked cache), logits, total.
     """
-    if layout not in SHARDINGS:
-        raise ValueError(f"layout={layout!r} is not one of {SHARDINGS}")
-    if mode not in MODES_PER_CHIP:
-        raise ValueError(f"mode={mode!r} is not one of {MODES_PER_CHIP}")
-    if not (isinstance(chips, int) and chips >= 1):
-        raise ValueError(f"chips must be an int >= 1; got {chips!r}")
+    validate.one_of("layout", layout, SHARDINGS)
+    validate.one_of("mode", mode, MODES_PER_CHIP)
+    validate.positive_int("chips", chips)
+    validate.positive_int("batch", batch)
+    validate.positive_int("seq_len", seq_len)
     c = as_config(cfg)
     pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
     n = count_params(c)["total"]

@@ -23,6 +23,7 @@ import math
 from vishwamai.analysis.flops import decode_flops, flops
 from vishwamai.analysis.hardware import Chip, get_chip, peak_flops
 from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai import validate
 from vishwamai.config import ModelConfig, as_config
 
 
@@ -68,10 +69,8 @@ def _weights_bytes(c: ModelConfig, weight_dtype: str) -> float:
 
 
 def _check(batch, seq, name):
-    if not (isinstance(batch, int) and batch >= 1):
-        raise ValueError(f"batch must be an int >= 1; got {batch!r}")
-    if not (isinstance(seq, int) and seq >= 1):
-        raise ValueError(f"{name} must be an int >= 1; got {seq!r}")
+    validate.positive_int("batch", batch)
+    validate.positive_int(name, seq)
 
 
 def decode_step(cfg: ModelConfig | str, hardware: str | Chip | None = None, *, batch: int,

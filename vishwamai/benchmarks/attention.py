@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vishwamai import validate
 from vishwamai.benchmarks.harness import save_results
 from vishwamai.measure import CompiledStats, compile_time, env_info, is_oom, time_fn
 from vishwamai.kernels import attention as attn
@@ -279,14 +280,7 @@ def run(*, seq_lens=None, time_seq_lens=None, impls=None, B: int = 1, N: int = 8
     return result
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+_positive_int = validate.cli_type(validate.positive_int, int, what="an int")
 
 
 def _implementation(name: str) -> str:
@@ -324,22 +318,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="skip the error table")
     parser.add_argument("--tune", action="store_true",
                         help="instead: time flash for block sizes 128/256/512 at --seq-lens")
-    parser.add_argument("--out", default=None, help="write the result JSON here")
+    parser.add_argument("--out", type=validate.cli_type(validate.writable_file, str), default=None,
+                        help="write the result JSON here")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     """Runs the benchmark for parsed `args`; returns the result (written to `args.out`)."""
     for name in ("seq_lens", "time_seq_lens"):
-        bad = [T for T in (getattr(args, name) or []) if T < 1]
-        if bad:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive; got {bad}")
+        if getattr(args, name):
+            validate.int_list(name, list(getattr(args, name)))
+    if args.out:
+        validate.writable_file("out", args.out)
     impls = getattr(args, "impls", None)
     if impls:
         here = attn.available_implementations()
         missing = [i for i in impls if i not in here]
         if missing:
-            raise ValueError(f"implementations {missing} cannot run on backend "
+            raise validate.InputError(f"implementations {missing} cannot run on backend "
                              f"{jax.default_backend()!r}; available here: {here}")
     if args.tune:
         rows = []

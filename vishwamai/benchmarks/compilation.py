@@ -23,8 +23,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from vishwamai import sharding, train
-from vishwamai.config import ModelConfig, as_config
+from vishwamai import sharding, train, validate
+from vishwamai.config import PRESETS, ModelConfig, as_config
 from vishwamai.measure import CompiledStats, compile_time, env_info, is_oom
 from vishwamai.model import VishwamAI
 
@@ -209,24 +209,29 @@ def sweep(presets: Sequence[str] = DEFAULT_PRESETS, *, layers: Sequence[int] | N
     return rows
 
 
-def _layers_arg(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive layer count, got {s!r}")
-    return v
+_positive = validate.cli_type(validate.positive_int, int, what="an int")
+
+
+def _preset(name: str) -> str:
+    if name not in PRESETS:
+        raise argparse.ArgumentTypeError(
+            f"preset {name!r} is not accepted: expected one of {sorted(PRESETS)}")
+    return name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """This benchmark's options (`python -m vishwamai.bench compile`)."""
-    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS))
-    parser.add_argument("--layers", type=_layers_arg, nargs="+", default=None,
+    parser.add_argument("--presets", type=_preset, nargs="+", default=list(DEFAULT_PRESETS))
+    parser.add_argument("--layers", type=_positive, nargs="+", default=None,
                         help="depths to compile each preset at (default: the preset's)")
     parser.add_argument("--scan", choices=("both", "scanned", "unrolled"), default="both")
     parser.add_argument("--backends", nargs="+", default=["cpu"],
                         help="'cpu' and/or TPU topology names such as v5e:4x4 (need libtpu)")
-    parser.add_argument("--seq", type=int, default=256, help="sequence length")
-    parser.add_argument("--batch", type=int, default=None, help="batch (default: 1 per chip)")
-    parser.add_argument("--out", default=None, help="write the result JSON here")
+    parser.add_argument("--seq", type=_positive, default=256, help="sequence length")
+    parser.add_argument("--batch", type=_positive, default=None,
+                        help="batch (default: 1 per chip)")
+    parser.add_argument("--out", type=validate.cli_type(validate.writable_file, str),
+                        default=None, help="write the result JSON here")
     return parser
 
 
@@ -234,6 +239,11 @@ def main(args: argparse.Namespace) -> dict:
     """Runs the sweep, printing one line per compile; returns (and with `--out` writes) it."""
     from vishwamai.benchmarks.harness import save_results
     scans = {"both": (True, False), "scanned": (True,), "unrolled": (False,)}[args.scan]
+    for backend in args.backends:            # every target checked before the first compile
+        try:
+            target_devices(backend)
+        except ValueError as e:
+            raise validate.InputError(f"--backends: {e}") from None
     payload = {"kind": "compile_time", "env": env_info(),
                "what": "lower + compile seconds of one AdamW train step (sharded FSDP over "
                        "the target's devices, abstract inputs, nothing run)",

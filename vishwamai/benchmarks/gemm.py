@@ -26,6 +26,7 @@ import re
 import jax
 import jax.numpy as jnp
 
+from vishwamai import validate
 from vishwamai.measure import CompiledStats, compile_time, env_info, is_oom, time_fn
 from vishwamai.kernels.fp8 import fp8_gemm_optimized, quantize_fp8, scaled_fp8_matmul
 
@@ -104,21 +105,27 @@ def _speedups(rows: list[dict]) -> list[dict]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds this benchmark's options (shared by `python -m vishwamai.bench gemm`)."""
-    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+    positive = validate.cli_type(validate.positive_int, int, what="an int")
+    parser.add_argument("--sizes", type=positive, nargs="+", default=None,
                         help="square sizes M=K=N (default: 256 512 1024 on CPU, "
                              "1024..8192 on accelerators)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="what to time (default: all)")
-    parser.add_argument("--block-size", type=int, default=128, help="tile edge for fp8_block")
-    parser.add_argument("--warmup", type=int, default=2, help="warm calls before timing")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
-    parser.add_argument("--out", default=None, help="write the result JSON here")
+    parser.add_argument("--block-size", type=positive, default=128, help="tile edge for fp8_block")
+    parser.add_argument("--warmup", type=positive, default=2, help="warm calls before timing")
+    parser.add_argument("--repeats", type=positive, default=5, help="timed calls per row")
+    parser.add_argument("--out", type=validate.cli_type(validate.writable_file, str),
+                        default=None, help="write the result JSON here")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     """Runs the sweep; returns the result (and writes it to `args.out` when given)."""
-    sizes = tuple(args.sizes) if args.sizes else default_sizes()
+    sizes = tuple(validate.int_list("sizes", list(args.sizes))) if args.sizes else default_sizes()
+    for name in ("block_size", "warmup", "repeats"):
+        validate.positive_int(name, getattr(args, name))
+    if args.out:
+        validate.writable_file("out", args.out)
     rows = [measure(s, v, block_size=args.block_size, warmup=args.warmup, repeats=args.repeats)
             for s in sizes for v in args.variants]
     result = {
@@ -138,7 +145,8 @@ def main(args: argparse.Namespace) -> dict:
     return result
 
 
-def _format(result: dict) -> str:
+def format_result(result: dict) -> str:
+    """A plain-text table of `main`'s result."""
     lines = [f"{result['env']['device_kind']} ({result['env']['backend']})",
              f"{'variant':<11} {'M=K=N':>7} {'TFLOP/s':>9} {'compile s':>9}  native fp8"]
     for r in result["rows"]:
@@ -151,5 +159,5 @@ def _format(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(_format(main(add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    print(format_result(main(add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
                        .parse_args())))

@@ -21,8 +21,8 @@ import platform
 import sys
 import time
 
-from vishwamai import aot
-from vishwamai.config import PRESETS
+from vishwamai import aot, validate
+from vishwamai.config import ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICIES
 
 #: Chapter 4's sizes: a training step holds one sequence of 2048 tokens per chip (the
 #: "what fits where" table; the preset's max_seq_len if shorter), bf16 weights and compute,
@@ -320,14 +320,16 @@ def _topology(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+_positive = validate.cli_type(validate.positive_int, int, what="an int")
+
+
+def _choice(choices, what):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(
+                f"{what} {text!r} is not accepted: expected one of {list(choices)}")
+        return text
+    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -342,12 +344,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seq", type=_positive, default=128, help="sequence length T")
     p.add_argument("--cache-len", type=_positive, default=None,
                    help="KV cache positions for decode (default: --seq)")
-    p.add_argument("--attention-impl", default=None, help="attention kernel override")
-    p.add_argument("--remat", default=None, help="remat policy override")
-    p.add_argument("--dtype", default=None, help="compute and parameter dtype override")
+    p.add_argument("--attention-impl", type=_choice(ATTENTION_IMPLS, "attention implementation"),
+                   default=None, help="attention kernel override")
+    p.add_argument("--remat", type=_choice(REMAT_POLICIES, "remat policy"), default=None,
+                   help="remat policy override")
+    p.add_argument("--dtype", type=_choice(tuple(DTYPES), "dtype"), default=None,
+                   help="compute and parameter dtype override")
     p.add_argument("--layers", type=_positive, default=None,
                    help="override the preset's number of layers (a shallow copy, for checks)")
-    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument("--out", type=validate.cli_type(validate.writable_file, str), default=None,
+                   help="write the rows as JSON here")
     return p
 
 

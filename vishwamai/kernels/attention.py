@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 from vishwamai.kernels.target import backend as _backend
 
 from vishwamai.compat import upcast_for_cpu
+from vishwamai import validate
 from vishwamai.config import ATTENTION_IMPLS
 
 IMPLEMENTATIONS = ATTENTION_IMPLS
@@ -747,12 +748,12 @@ def attention(q, k, v, *, causal: bool = False, mask=None, scale: float | None =
         lists those that can), or inputs it does not support.
     """
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
+        raise validate.InputError(
             f"unknown attention implementation {implementation!r}; accepted: {IMPLEMENTATIONS}")
     backend = _backend()
     here = available_implementations(backend)
     if implementation not in here:
-        raise ValueError(
+        raise validate.InputError(
             f"attention implementation {implementation!r} cannot run on backend {backend!r}; "
             f"available here: {here}")
     _check_shapes(q, k, v)

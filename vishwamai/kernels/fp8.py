@@ -24,6 +24,13 @@ Scaling modes (`SCALINGS`):
   so the emulation gives the numbers a native blockwise fp8 kernel (DeepGEMM) would, up to the
   order of the f32 additions, at bf16 speed rather than fp8 speed.
 
+Non-finite values are handled per scaling group: the amax that sets a tile's scale is taken
+over its finite values only, so one NaN or inf costs no other row, column or tile its range. A
+NaN stays NaN through the cast and the dot, so it reaches exactly the outputs that read it (its
+row of the result for a NaN in `a`, its column for one in `b`) and no others; an inf saturates
+to +-max of the fp8 format at its tile's scale (`float8_e4m3fn` has no infinity). Empty
+operands (M, N or K = 0) give the empty (or, for K = 0, all-zero) result a matmul gives.
+
 Every scale is a power of two, the smallest with `amax / scale <= fp8 max` (as the MX formats'
 E8M0 scales and DeepSeek-V3.1's UE8M0 scales are): dividing by it is exact, so the only error is
 the fp8 rounding itself, and values are clipped to the fp8 range before the cast so nothing
@@ -103,22 +110,30 @@ def _pad_to(x, axis, multiple):
 
 
 def _amax(x, scaling, axis, block_size, square_blocks):
-    """Per-tile max |x| for the tiling `scaling` names; shapes as `quantize_fp8` documents."""
+    """Per-tile max |x| over the tile's *finite* values, for the tiling `scaling` names; shapes
+    as `quantize_fp8` documents. An empty tile (a zero-sized axis) has amax 0.
+
+    Non-finite values are left out of the max so they cannot set a tile's scale: a NaN or inf
+    entry would otherwise give that tile (under 'tensor' scaling: the whole operand) scale 1,
+    and every other value in it would lose its range (underflow or clipping). They are handled
+    in `quantize_fp8` instead.
+    """
     ax = jnp.abs(x.astype(_F32))
+    ax = jnp.where(jnp.isfinite(ax), ax, 0.0)
     if scaling == "tensor":
-        return jnp.max(ax)
+        return jnp.max(ax, initial=0.0)
     if scaling == "row":
-        return jnp.max(ax, axis=axis, keepdims=True)
+        return jnp.max(ax, axis=axis, keepdims=True, initial=0.0)
     if square_blocks:
         if x.ndim < 2:
             raise ValueError(f"square blocks need a matrix; got shape {x.shape}")
         ax = _pad_to(_pad_to(ax, -2, block_size), -1, block_size)
         *lead, r, c = ax.shape
         ax = ax.reshape(*lead, r // block_size, block_size, c // block_size, block_size)
-        return jnp.max(ax, axis=(-3, -1))
+        return jnp.max(ax, axis=(-3, -1), initial=0.0)
     ax = jnp.moveaxis(_pad_to(ax, axis, block_size), axis, -1)
     ax = ax.reshape(*ax.shape[:-1], ax.shape[-1] // block_size, block_size)
-    return jnp.moveaxis(jnp.max(ax, axis=-1), -1, axis)
+    return jnp.moveaxis(jnp.max(ax, axis=-1, initial=0.0), -1, axis)
 
 
 def expand_scale(scale, shape, block_size=128):

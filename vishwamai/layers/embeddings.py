@@ -27,7 +27,12 @@ class Embed(nn.Module):
             (self.num_embeddings, self.features), self.param_dtype)
 
     def __call__(self, ids):
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        # An id outside [0, num_embeddings) reads a row of NaN (never another row: a negative
+        # id would otherwise wrap around to the end of the table), so a bad id under jit,
+        # where the caller's host-side check cannot see values, still shows in the output.
+        ids = jnp.where(ids < 0, self.num_embeddings, ids)
+        return jnp.take(self.embedding, ids, axis=0, mode="fill",
+                        fill_value=jnp.nan).astype(self.dtype)
 
     def attend(self, x_BTD):
         return jnp.einsum("BTD,VD->BTV", x_BTD.astype(self.dtype), self.embedding.astype(self.dtype))
