@@ -18,7 +18,7 @@ TIERS = (
     ("config", "data", "plotting"),
     ("kernels",),
     ("layers",),
-    ("transformer", "hf"),
+    ("transformer", "hf", "checkpoint"),
     ("model",),
     ("analysis", "train"),
     ("verify", "sharding", "profiler"),
