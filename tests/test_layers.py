@@ -22,7 +22,7 @@ TIERS = (
     ("model",),
     ("analysis", "train"),
     ("verify", "sharding", "profiler"),
-    ("aot",),
+    ("aot", "distributed"),
     ("benchmarks",),
     ("bench",),
 )
