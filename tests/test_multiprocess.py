@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow      # three child processes, each compiling two train steps
+
 STEPS = 3
 HEARTBEAT_S = 5
 READY_TIMEOUT_S = 240      # compile-bound: three processes compile on a shared 2-core CPU

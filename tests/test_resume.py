@@ -18,6 +18,8 @@ import pytest
 
 from vishwamai import train
 
+pytestmark = pytest.mark.slow      # child processes, each compiling a train step
+
 STEPS, SAVE_EVERY, KEEP = 12, 3, 2
 
 CHILD = textwrap.dedent("""
@@ -102,7 +104,8 @@ def test_killed_run_resumes_bitwise(tmp_path):
 
 def test_seekable_source_is_asked_for_the_resume_position(tmp_path):
     """A callable source gets the position to start at (bitwise equality of the resumed run
-    is the test above; here the history carries over and only the new steps run)."""
+    is the test above; here the history carries over and only the new steps run). The run
+    uses a typed key (`jax.random.key`), which is stored as its key data."""
     def windows(position):
         asked.append(position)
         k = position
@@ -112,12 +115,13 @@ def test_seekable_source_is_asked_for_the_resume_position(tmp_path):
 
     asked = []
     kw = dict(optimizer=train.make_optimizer(warmup_steps=1, total_steps=4),
-              checkpoint_dir=tmp_path, save_every=2)
+              checkpoint_dir=tmp_path, save_every=2, rng=jax.random.key(0))
     _, first = train.fit("tiny", windows, 2, **kw)
     state, hist = train.fit("tiny", windows, 4, **kw)
     assert asked == [0, 2]
     assert hist[:2] == first and [h["step"] for h in hist] == [1, 2, 3, 4]
     assert int(state.step) == 4 and sorted(os.listdir(tmp_path)) == ["2", "4"]
+    assert jax.dtypes.issubdtype(state.rng.dtype, jax.dtypes.prng_key)
 
 
 def test_checkpoint_arguments_are_checked(tmp_path):

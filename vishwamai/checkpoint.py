@@ -29,12 +29,11 @@ record and the same checks.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import time
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -409,14 +408,3 @@ def restore_step(mngr, step: int, abstract, *, config: Mapping | None = None):
     tree = _restore_tree(run, record, path)
     verify(tree, record, path)
     return tree, record
-
-
-def _json_default(x: Any):
-    if isinstance(x, (np.generic,)):
-        return x.item()
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
-
-
-def jsonable(x):
-    """`x` with numpy scalars turned into Python numbers (for `extra`)."""
-    return json.loads(json.dumps(x, default=_json_default))

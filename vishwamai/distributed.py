@@ -28,7 +28,6 @@ import time
 from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vishwamai import sharding as _sharding

@@ -469,6 +469,22 @@ def make_train_step(model_or_cfg, optimizer: optax.GradientTransformation, *,
     return jitted
 
 
+def _storable(state: TrainState) -> TrainState:
+    """`state` with a typed PRNG key (`jax.random.key`) as its raw key data, which Orbax and
+    numpy can write; raw `PRNGKey` arrays pass unchanged."""
+    if jnp.issubdtype(state.rng.dtype, jax.dtypes.prng_key):
+        return state.replace(rng=jax.random.key_data(state.rng))
+    return state
+
+
+def _unstorable(saved: TrainState, like: TrainState) -> TrainState:
+    """The inverse of `_storable`, with the key implementation of `like`."""
+    if jnp.issubdtype(like.rng.dtype, jax.dtypes.prng_key):
+        return saved.replace(rng=jax.random.wrap_key_data(saved.rng,
+                                                          impl=jax.random.key_impl(like.rng)))
+    return saved
+
+
 def fit(model_or_cfg, batches: Iterable | Callable[[int], Iterable], steps: int, *,
         optimizer=None, rng=None, state: TrainState | None = None, log_every: int = 1,
         checkpoint_dir: str | os.PathLike | None = None, save_every: int | None = None,
@@ -514,8 +530,9 @@ def fit(model_or_cfg, batches: Iterable | Callable[[int], Iterable], steps: int,
         mngr = checkpoint.manager(checkpoint_dir, keep=keep)
         latest = mngr.latest_step()
         if latest is not None:
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-            state, record = checkpoint.restore_step(mngr, latest, abstract, config=cfg_dict)
+            abstract = jax.eval_shape(_storable, state)
+            saved, record = checkpoint.restore_step(mngr, latest, abstract, config=cfg_dict)
+            state = _unstorable(saved, state)
             start, history = record["extra"]["batches_consumed"], record["extra"]["history"]
     try:
         it = iter(batches(start) if callable(batches) else batches)
@@ -535,7 +552,7 @@ def fit(model_or_cfg, batches: Iterable | Callable[[int], Iterable], steps: int,
                                 "seconds": time.perf_counter() - t0})
             if mngr is not None and ((save_every and (i + 1) % save_every == 0)
                                      or i == steps - 1):
-                checkpoint.save_step(mngr, i + 1, state, config=cfg_dict,
+                checkpoint.save_step(mngr, i + 1, _storable(state), config=cfg_dict,
                                      extra={"batches_consumed": i + 1, "history": history})
     finally:
         if mngr is not None:
