@@ -207,19 +207,22 @@ def test_failed_save_returns_and_process_exits(tmp_path):
                 out[name] = ["saved", 0.0]
             except CheckpointError as e:
                 out[name] = [str(e), time.perf_counter() - t0]
-        print(json.dumps(out), flush=True)
+        print(json.dumps({{"saves": out, "end": time.time()}}), flush=True)
     """)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
                           timeout=120, env=env)
-    wall = time.perf_counter() - t0
+    wall, exited = time.perf_counter() - t0, time.time()
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    out, exit_s = last["saves"], exited - last["end"]
     for name, path in targets.items():
         msg, seconds = out[name]
         assert msg != "saved" and path in msg and "cannot save" in msg, (name, msg)
         assert seconds < 5.0, (name, seconds)
         print(f"{name}: error after {seconds:.3f} s: {msg}")
-    print(f"child process wall time (import, init, saves, exit): {wall:.1f} s")
+    print(f"child exited {exit_s:.2f} s after its last statement; wall time (import, init, "
+          f"saves, exit) {wall:.1f} s")
+    assert exit_s < 10.0, exit_s
     assert not os.path.exists(targets["under_regular_file"])
