@@ -226,3 +226,29 @@ def test_failed_save_returns_and_process_exits(tmp_path):
           f"saves, exit) {wall:.1f} s")
     assert exit_s < 10.0, exit_s
     assert not os.path.exists(targets["under_regular_file"])
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
+def test_failed_step_save_keeps_the_previous_step(saved, tmp_path, monkeypatch):
+    """A training run's checkpoints: a save that fails (or is killed) midway leaves only a
+    temporary directory, never a step; the newest complete step restores."""
+    _, params, _ = saved
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    mngr = checkpoint.manager(tmp_path / "run", keep=2)
+    checkpoint.save_step(mngr, 3, params, extra={"batches_consumed": 3})
+    import orbax.checkpoint as ocp
+
+    def broken(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", broken)
+    with pytest.raises(CheckpointError, match="cannot save step 6 .*No space left"):
+        checkpoint.save_step(mngr, 6, jax.tree.map(lambda x: x + 1, params))
+    monkeypatch.undo()
+    mngr.close()
+    mngr = checkpoint.manager(tmp_path / "run", keep=2)   # a restarted run
+    assert mngr.latest_step() == 3 and mngr.all_steps() == [3]
+    restored, record = checkpoint.restore_step(mngr, 3, abstract)
+    assert record["extra"] == {"batches_consumed": 3}
+    jax.tree.map(np.testing.assert_array_equal, params, restored)
+    mngr.close()

@@ -239,6 +239,8 @@ def save(path: str | os.PathLike, tree, *, kind: str = "params", config: Mapping
         _remove_tmp(target)
         raise CheckpointError(f"cannot save a checkpoint to path={path!r}: {_short(e)}") from e
     if target != path:
+        if os.path.lexists(path + ".old"):       # left by a save killed between the renames
+            shutil.rmtree(path + ".old")
         os.rename(path, path + ".old")
         os.rename(target, path)
         shutil.rmtree(path + ".old")
@@ -248,7 +250,10 @@ def save(path: str | os.PathLike, tree, *, kind: str = "params", config: Mapping
 def _read_record_file(path: str) -> dict:
     """The JSON record of the checkpoint at `path` (a directory), checked to be ours."""
     if not os.path.isdir(path):
-        raise CheckpointError(f"no checkpoint directory at path={path!r}")
+        hint = (f" (the checkpoint it replaced is at {path + '.old'!r}: a save with "
+                "overwrite=True was stopped between its two renames)"
+                if os.path.isdir(path + ".old") else "")
+        raise CheckpointError(f"no checkpoint directory at path={path!r}{hint}")
     meta_dir = os.path.join(path, META_ITEM)
     if not os.path.isdir(meta_dir):
         found = sorted(os.listdir(path))[:8]
