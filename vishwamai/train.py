@@ -505,7 +505,8 @@ def fit(model_or_cfg, batches: Iterable | Callable[[int], Iterable], steps: int,
     the batches already consumed (calls `batches(position)` when `batches` is callable, else
     draws and drops that many from the iterable, so it must yield the same sequence again),
     continues the rng where it was, and returns the whole run's history. `steps` counts from
-    the start of the run. On CPU a resumed run equals an uninterrupted one bitwise.
+    the start of the run; a restored checkpoint takes the place of `state` and `rng`. On CPU
+    a resumed run equals an uninterrupted one bitwise (tests/test_resume.py).
 
     Args:
       batches: an iterable of batches, or a function `position -> iterable` of the batches
