@@ -18,11 +18,11 @@ TIERS = (
     ("config", "data", "plotting"),
     ("kernels",),
     ("layers",),
-    ("transformer", "hf"),
+    ("transformer", "hf", "checkpoint"),
     ("model",),
     ("analysis", "train"),
     ("verify", "sharding", "profiler"),
-    ("aot",),
+    ("aot", "distributed"),
     ("benchmarks",),
     ("bench",),
 )

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vishwamai import hf, validate
+from vishwamai import checkpoint, hf, validate
 from vishwamai.config import PARAM_COMPONENTS, ModelConfig, as_config
 from vishwamai.kernels.fp8 import quantized_nbytes
 from vishwamai.transformer import (SCAN_NAME, create_vishwamai_transformer, stack_layers,
@@ -487,29 +487,34 @@ class VishwamAI:
         return isinstance(other, VishwamAI) and other.config == self.config
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, path: str | os.PathLike, params) -> None:
-        """Writes `params` to the directory `path` with Orbax (the path must not exist)."""
-        import orbax.checkpoint as ocp
-        path = os.path.abspath(os.fspath(path))
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path, params)
+    def save(self, path: str | os.PathLike, params, *, overwrite: bool = False) -> None:
+        """Writes `params` to the new directory `path` with Orbax, atomically, with this
+        config and a sha256 of every parameter (`vishwamai.checkpoint.save`).
+
+        Raises `vishwamai.checkpoint.CheckpointError` (a `ValueError`) naming `path` if it
+        exists (unless `overwrite`) or cannot be written; the process stays able to exit.
+        """
+        checkpoint.save(path, params, kind="params", config=self.config.to_dict(),
+                        overwrite=overwrite)
 
     def restore(self, path: str | os.PathLike):
         """Reads parameters saved by `save`, checked against this config's parameter shapes.
 
         A checkpoint written in the other layer layout (scanned vs unrolled, see
         `ModelConfig.scan_layers`) is read in its own layout and converted (`convert_params`).
+        A missing, foreign, truncated or corrupt checkpoint, or one of another model, raises
+        `vishwamai.checkpoint.CheckpointError` (a `ValueError`) naming the path and, for a
+        mismatch, the first parameter that differs and the config fields that differ.
         """
-        import orbax.checkpoint as ocp
         path = os.path.abspath(os.fspath(path))
-        if not os.path.isdir(path):
-            raise ValueError(f"no checkpoint directory at path={path!r}")
-        with ocp.StandardCheckpointer() as ckptr:
-            saved_scanned = SCAN_NAME in ckptr.metadata(path).item_metadata
-            target = self
-            if saved_scanned != self.config.scan_layers:
-                target = VishwamAI(self.config.replace(scan_layers=saved_scanned))
-            return self.convert_params(ckptr.restore(path, target.abstract_params()))
+        record = checkpoint.read_record(path)
+        saved_scanned = any(row[0].split("/")[0] == SCAN_NAME for row in record["leaves"])
+        target = self
+        if saved_scanned != self.config.scan_layers:
+            target = VishwamAI(self.config.replace(scan_layers=saved_scanned))
+        params = checkpoint.restore(path, target.abstract_params(), record=record,
+                                    config=self.config.to_dict())
+        return self.convert_params(params)
 
     def __repr__(self):
         return f"VishwamAI({self.config.name!r}, params={self.num_params():,})"

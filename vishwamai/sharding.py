@@ -223,6 +223,25 @@ def batch_sharding(mesh, batch_size: int | None = None, rules=LOGICAL_AXIS_RULES
     return NamedSharding(mesh, spec)
 
 
+def process_rows(sharding, global_shape) -> slice:
+    """The rows (first axis) of a global array that this process's devices hold under
+    `sharding`: what a process must load of a global batch. All rows on one process."""
+    idx = sharding.addressable_devices_indices_map(tuple(global_shape)).values()
+    rows = [i[0] if i else slice(None) for i in idx]
+    n = global_shape[0]
+    start = min(r.start or 0 for r in rows)
+    stop = max(n if r.stop is None else r.stop for r in rows)
+    return slice(start, stop)
+
+
+def global_batch(local_rows, sharding, global_shape):
+    """The global `jax.Array` of a batch from this process's rows of it (`process_rows`), with
+    `jax.make_array_from_process_local_data`; every process calls it with its own rows. In a
+    single process the rows are the whole batch."""
+    return jax.make_array_from_process_local_data(sharding, np.asarray(local_rows),
+                                                  tuple(global_shape))
+
+
 class _Context:
     """`jax.set_mesh(mesh)` plus Flax's logical rules, as one context manager."""
 
@@ -287,7 +306,7 @@ def make_sharded_train_step(model, optimizer, mesh, *, batch_size: int,
     """`make_train_step` with the state and batch laid out on `mesh` (state donated).
 
     Returns `step(state, tokens) -> (state, metrics)`; `tokens` may live anywhere (it is put
-    in the batch layout first). The returned function carries `.state_shardings`,
+    in the batch layout first); in a multi-process job pass a global array (`global_batch`). The returned function carries `.state_shardings`,
     `.batch_sharding`, `.jitted` (for `.lower(...)`) and `.model`.
     """
     model = _train.as_model(model, dtype=step_kw.pop("dtype", None),
@@ -300,8 +319,10 @@ def make_sharded_train_step(model, optimizer, mesh, *, batch_size: int,
                                     out_shardings=(s_sh, rep), **step_kw)
 
     def step(state, batch):
+        if not (isinstance(batch, jax.Array) and batch.sharding == b_sh):  # see global_batch
+            batch = jax.device_put(jnp.asarray(batch), b_sh)
         with mesh_context(mesh, rules):
-            return jitted(state, jax.device_put(jnp.asarray(batch), b_sh))
+            return jitted(state, batch)
 
     step.state_shardings, step.batch_sharding, step.jitted = s_sh, b_sh, jitted
     step.model, step.mesh, step.rules = model, mesh, rules
