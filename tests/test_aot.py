@@ -212,3 +212,24 @@ def test_buffer_helpers_find_the_head_accumulator_and_overlaps():
     assert tb.overlaps(row, acc, "s32[8]") is True          # [40, 50) inside [0, 100)
     assert tb.overlaps(row, acc, "f32[1,2]") is None
     assert tb.shapes_bytes(row["largest_buffers"], "bf16[") == 150
+
+
+def test_lane_padded_logits_match_the_compiled_forward_pass():
+    """gpt2's vocabulary (50,257) is not a multiple of 128: XLA:TPU computes the forward pass's
+    logits into a lane-padded buffer, the compiled program's only temporary of that size. The
+    planner's `lanes=128` term must equal the grid's temp bytes within 4% on every generation
+    (within 0.1% on v4, v5e and v6e; megacore v5p keeps a few MB more)."""
+    rows = [r for r in json.loads(GRID.read_text())["rows"]
+            if r["preset"] == "gpt2" and r["mode"] == "forward" and r["status"] == "ok"]
+    assert len(rows) >= 4
+    for r in rows:
+        cfg = aot.model_config("gpt2", dtype=r["dtype"], param_dtype=r["param_dtype"])
+        kw = dict(batch=r["batch_size"], seq_len=r["seq_len"], mode="forward")
+        plain = memory_per_chip(cfg, r["layout"], r["chips"], **kw)
+        tiled = memory_per_chip(cfg, r["layout"], r["chips"], lanes=aot.TPU_LANES, **kw)
+        padded = tiled["logits"] - plain["logits"]
+        assert padded == pytest.approx(r["temp_bytes"], rel=0.04), r["topology"]
+        assert plain["logits"] == pytest.approx(r["output_bytes"], rel=0.001)
+    llama = aot.model_config("llama2_7b")               # 32,000 = 250 x 128: nothing added
+    assert memory_per_chip(llama, "data", 4, batch=8, seq_len=128, mode="forward", lanes=128) \
+        == memory_per_chip(llama, "data", 4, batch=8, seq_len=128, mode="forward")

@@ -456,6 +456,10 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
     return row
 
 
+#: XLA:TPU tiles an array's last dimension in 128 lanes (`memory_per_chip(lanes=...)`).
+TPU_LANES = 128
+
+
 def analytic_point(row: dict, config=None) -> dict:
     """The package's memory model for the same point and layout as a compiled row.
 
@@ -474,7 +478,8 @@ def analytic_point(row: dict, config=None) -> dict:
                        num_layers=row.get("num_layers"), scan_layers=row.get("scan_layers"))
     est = memory_per_chip(cfg, row["layout"], row["chips"],
                                     batch=row["batch_size"], seq_len=row["seq_len"],
-                                    mode=row["mode"], cache_len=row.get("cache_len"))
+                                    mode=row["mode"], cache_len=row.get("cache_len"),
+                                    lanes=TPU_LANES)
     hbm = row.get("compiler_hbm_bytes_per_chip")
     if hbm is None or (isinstance(hbm, float) and math.isnan(hbm)):
         hbm = row["hbm_bytes_per_chip"]

@@ -281,7 +281,8 @@ def sharded_param_count(cfg: ModelConfig | str, layout: str, chips: int) -> floa
 def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: int,
                     seq_len: int, mode: str = "train", cache_len: int | None = None,
                     remat: str | None = None, attention: str | None = None,
-                    optimizer: str = "adamw_param_dtype", loss: str = "chunked") -> dict:
+                    optimizer: str = "adamw_param_dtype", loss: str = "chunked",
+                    lanes: int = 1) -> dict:
     """Bytes one chip holds at the peak of a sharded program: the analytic side of an
     ahead-of-time TPU compilation (`vishwamai.aot`), term by term.
 
@@ -299,18 +300,23 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
         (default T) and, scanned, its updated copy, and the `[B, 1, V]` logits).
       cache_len, remat, attention, optimizer, loss: see `vishwamai.analysis.memory`; the
         default optimizer is the package's own AdamW (moments in the parameter dtype).
+      lanes: the target's minor tile width (128 on a TPU, whose layouts tile the last dimension
+        in 128 lanes; 1: no tiling). A forward pass whose vocabulary is not a multiple of it
+        computes the logits into a lane-padded buffer and copies them into the output.
 
     Returns:
       dict of bytes per chip: params, grads, optimizer, activations, workspace, gather (FSDP's
       gathered layer weights), loss_head (the chunked loss's f32 head-gradient accumulator and,
       under FSDP, the gathered head), kv_cache, cache_update (a scanned decode step's new
-      stacked cache), logits, total.
+      stacked cache), logits (and, see `lanes`, the padded copy the logits are computed
+      into), total.
     """
     validate.one_of("layout", layout, SHARDINGS)
     validate.one_of("mode", mode, MODES_PER_CHIP)
     validate.positive_int("chips", chips)
     validate.positive_int("batch", batch)
     validate.positive_int("seq_len", seq_len)
+    validate.positive_int("lanes", lanes)
     c = as_config(cfg)
     pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
     n = count_params(c)["total"]
@@ -362,6 +368,9 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, batch: i
         wi = 2 if c.gated_mlp else 1
         out["workspace"] = b_chip * T * wi * c.mlp_dim * cb / w["mlp"]
         out["logits"] = b_chip * T * c.vocab_size * cb / w["vocab"]
+        if mode == "forward" and c.vocab_size % lanes:
+            padded = -(-c.vocab_size // lanes) * lanes
+            out["logits"] += b_chip * T * padded * cb / w["vocab"]
         if mode == "decode":
             out["kv_cache"] = kv_cache_bytes(c, b_chip, S) / w["kv_heads"]
             if c.scan_layers:
