@@ -34,19 +34,7 @@ STYLE = {
 }
 
 
-def def band(ax, x, samples, color=None, alpha: float = 0.2, label: str | None = None):
-    """Shades the min-to-max range of repeated timings around a median line.
-
-    `samples[i]` holds every timed call at `x[i]` (a list, as `time_fn`'s `times_s`).
-    """
-    import numpy as np
-
-    lo = [float(np.min(s)) for s in samples]
-    hi = [float(np.max(s)) for s in samples]
-    return ax.fill_between(list(x), lo, hi, color=color, alpha=alpha, lw=0, label=label)
-
-
-set_style() -> None:
+def set_style() -> None:
     """Applies the book's rcParams (a colour-blind safe cycle, light grid, no top/right spines)."""
     mpl.rcParams.update(STYLE)
     plt.style.use("tableau-colorblind10")
