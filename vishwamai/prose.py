@@ -79,6 +79,11 @@ def short(x: Any, digits: int = 1) -> str:
     return f"{x:g}"
 
 
+def spec(format_spec: str) -> Callable[[Any], str]:
+    """A formatter from a format spec, for a one-off layout: spec(",.1f")(1234.5) == "1,234.5"."""
+    return lambda x: format(float(x), format_spec)
+
+
 def glue(name: str, value: Any, fmt: Callable[[Any], str] | None = None) -> str:
     """Formats `value` (with `fmt`, or as given if it is a string) and glues it as `name`.
 
