@@ -117,3 +117,40 @@ def test_the_lint_passes_glue_math_code_links_and_the_allowlist():
 
 def test_the_allowlist_is_short():
     assert len(_allowlist()) <= 30, "the allowlist is for definitional constants only"
+
+
+# Figures: at most MAX_WIDTH_IN wide (shown at their own size in the text column) and no font
+# below MIN_FONT_PT, so the rendered text of a plot is never smaller than 10 pt. The planner-vs-
+# compiler heatmap of chapter 4 draws one label per compiled point and is sized by its own cell.
+FIGURE_EXEMPT = ("Planner vs XLA:TPU per chip",)
+
+
+def _code_cells():
+    for path in sorted(BOOK.glob("*.ipynb")):
+        if path.name.startswith("."):
+            continue
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            src = "".join(cell["source"])
+            if cell["cell_type"] == "code" and not any(m in src for m in FIGURE_EXEMPT):
+                yield f"{path.name} cell {i}", src
+
+
+def figure_problems(src: str) -> list[str]:
+    from vishwamai.plotting import MAX_WIDTH_IN, MIN_FONT_PT
+
+    bad = [f"figsize width {m.group(1)} > {MAX_WIDTH_IN}"
+           for m in re.finditer(r"figsize=\(\s*([\d.]+)\s*(?:\*[^,]*)?,", src)
+           if float(m.group(1)) > MAX_WIDTH_IN or "*" in m.group(0)]
+    bad += [f"fontsize={m.group(1)} < {MIN_FONT_PT}"
+            for m in re.finditer(r"fontsize=(\d+)", src) if int(m.group(1)) < MIN_FONT_PT]
+    return bad
+
+
+def test_figures_are_narrow_enough_and_fonts_large_enough():
+    problems = {where: p for where, src in _code_cells() if (p := figure_problems(src))}
+    assert not problems, problems
+
+
+def test_the_figure_check_can_fail():
+    assert figure_problems("plt.subplots(1, 4, figsize=(12, 3.4)); ax.text(0, 0, 's', fontsize=8)")
+    assert not figure_problems("plt.subplots(2, 1, figsize=(7.5, 7)); ax.legend(fontsize=10)")
