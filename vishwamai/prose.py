@@ -84,11 +84,12 @@ def spec(format_spec: str) -> Callable[[Any], str]:
     return lambda x: format(float(x), format_spec)
 
 
-def glue(name: str, value: Any, fmt: Callable[[Any], str] | None = None) -> str:
+def glue(name: str, value: Any, fmt: Callable[[Any], str] | None = None) -> None:
     """Formats `value` (with `fmt`, or as given if it is a string) and glues it as `name`.
 
-    Returns the text, so a cell can also print it. The markdown refers to it as
-    ``{glue:text}`name` ``; the text is final, so the role needs no format spec.
+    The markdown refers to it as ``{glue:text}`name` ``; the text is final, so the role needs no
+    format spec. Returns None (a cell that ends with it prints nothing); `GLUED[name]` holds the
+    text.
     """
     if fmt is not None:
         text = fmt(value)
@@ -105,10 +106,9 @@ def glue(name: str, value: Any, fmt: Callable[[Any], str] | None = None) -> str:
     GLUED[name] = text
     if _myst_glue is not None:
         _myst_glue(name, text, display=False)
-    return text
 
 
-def claim(name: str, holds: bool, text: str, otherwise: str | None = None) -> str:
+def claim(name: str, holds: bool, text: str, otherwise: str | None = None) -> None:
     """Glues a comparison the prose makes, computed from the data.
 
     With `otherwise=None` the claim must hold (an AssertionError names it if not), so a chapter
@@ -117,5 +117,4 @@ def claim(name: str, holds: bool, text: str, otherwise: str | None = None) -> st
     """
     if otherwise is None:
         assert holds, f"the prose claims {text!r} ({name}), which these numbers do not support"
-        return glue(name, text)
-    return glue(name, text if holds else otherwise)
+    glue(name, text if holds else otherwise)
