@@ -154,3 +154,26 @@ def test_figures_are_narrow_enough_and_fonts_large_enough():
 def test_the_figure_check_can_fail():
     assert figure_problems("plt.subplots(1, 4, figsize=(12, 3.4)); ax.text(0, 0, 's', fontsize=8)")
     assert not figure_problems("plt.subplots(2, 1, figsize=(7.5, 7)); ax.legend(fontsize=10)")
+
+
+def test_prose_formats_numbers_one_way():
+    from vishwamai import prose
+
+    assert prose.count(1048576) == "1,048,576"
+    assert prose.short(109_529_088, 0) == "110M" and prose.short(1.5e9) == "1.5B"
+    assert prose.short(50257, 0) == "50k" and prose.kib_count(32768) == "32k"
+    assert prose.pct(0.147, 1) == "14.7%" and prose.times(3.12, 2) == "3.12×"
+    assert prose.span(3.123, 3.838) == "3.12–3.84" and prose.span(2, 2, prose.count) == "2"
+    prose.glue("t_float", 6144.0)
+    assert prose.GLUED["t_float"] == "6,144"
+    with pytest.raises(TypeError, match="pass fmt="):
+        prose.glue("t_bad", 0.34)
+
+
+def test_a_false_claim_stops_the_chapter():
+    from vishwamai import prose
+
+    prose.claim("t_claim", False, "faster", "slower")
+    assert prose.GLUED["t_claim"] == "slower"
+    with pytest.raises(AssertionError, match="faster"):
+        prose.claim("t_claim2", False, "faster")

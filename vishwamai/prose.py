@@ -74,7 +74,9 @@ def short(x: Any, digits: int = 1) -> str:
     x = float(x)
     for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= div:
-            text = f"{x / div:.{digits}f}".rstrip("0").rstrip(".")
+            text = f"{x / div:.{digits}f}"
+            if "." in text:  # 1.50 -> 1.5, 2.0 -> 2; never 110 -> 11
+                text = text.rstrip("0").rstrip(".")
             return f"{text}{suffix}"
     return f"{x:g}"
 
@@ -82,6 +84,12 @@ def short(x: Any, digits: int = 1) -> str:
 def spec(format_spec: str) -> Callable[[Any], str]:
     """A formatter from a format spec, for a one-off layout: spec(",.1f")(1234.5) == "1,234.5"."""
     return lambda x: format(float(x), format_spec)
+
+
+def kib_count(n: Any) -> str:
+    """A power-of-two token count in binary thousands, as contexts are named: 32768 -> 32k."""
+    n = int(n)
+    return f"{n // 1024}k" if n % 1024 == 0 and n >= 1024 else f"{n:,}"
 
 
 def glue(name: str, value: Any, fmt: Callable[[Any], str] | None = None) -> None:
