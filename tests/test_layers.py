@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "vishwamai"
 # Lowest first. `measure` imports only jax and numpy, so everything may use it.
 TIERS = (
     ("measure", "compat", "validate"),
-    ("config", "data", "plotting"),
+    ("config", "data", "plotting", "prose"),
     ("kernels",),
     ("layers",),
     ("transformer", "hf", "checkpoint"),

@@ -299,6 +299,7 @@ def benchmark_tpu_performance(config: Any, *, batch_size: int = 32, seq_len: int
     fwd = metrics["regions"]["forward"]
     return {
         "forward_latency": latency,
+        "forward_latencies": [float(t) for t in times],   # every timed call, for spread bands
         "tokens_per_second": batch_size * seq_len / latency,
         "tpu_utilization": fwd["mfu"] if math.isnan(fwd["busy_fraction"])
         else fwd["busy_fraction"],
@@ -331,6 +332,7 @@ def analyze_performance(config: Any, batch_sizes: Sequence[int] = (1, 8, 32, 128
                                          repeats=repeats)
         fwd = perf["profiler_summary"]["regions"]["forward"]
         return {"throughput": perf["tokens_per_second"], "latency": perf["forward_latency"],
+                "latencies": perf["forward_latencies"],
                 "efficiency": perf["tpu_utilization"],
                 "memory_efficiency": perf["memory_efficiency"],
                 "model_flops": fwd["flops"], "xla_bytes": fwd["bytes_accessed"],
