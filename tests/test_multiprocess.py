@@ -140,5 +140,7 @@ def test_survivor_fails_fast_when_its_peer_dies(job):
     # A clear first word: its collective with the dead process failed, or the service saw
     # the dead process's heartbeats stop.
     log = job["p0_log"]
-    assert ("vishwamai.distributed: process 0 of 2 failed" in log
-            or "heartbeat timeout" in log), log[-3000:]
+    # Which comes first is a race: the collective's error (our line) or the coordination
+    # service's verdict that the peer "stopped sending heartbeats" (JAX then aborts).
+    assert any(m in log for m in ("vishwamai.distributed: process 0 of 2 failed",
+                                  "heartbeat timeout", "stopped sending heartbeats")), log[-3000:]

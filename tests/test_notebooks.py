@@ -64,6 +64,8 @@ def test_chapter_structure(name):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert not any(c.get("outputs") for c in code), "stored with outputs: strip them"
     assert all(c.get("execution_count") is None for c in code), "stored with execution counts"
+    raw = json.loads((BOOK / name).read_text())
+    assert all("id" in c for c in raw["cells"]), "a cell without an id (nbformat 4.5 needs one)"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell must be tagged 'parameters'"
     visible = [c for c in code if "remove-cell" not in c.metadata.get("tags", [])]
