@@ -70,7 +70,7 @@ def side_by_side(payload: dict, top: int = 8):
             cols[(topo, "values (shapes)")] = [b["shapes"][:70] for b in bufs]
         n = max(len(v) for v in cols.values())
         cols = {k: v + [""] * (n - len(v)) for k, v in cols.items()}
-        df = pd.DataFrame(cols, index=pd.RangeIndex(1, n + 1, name="rank"))
+        df = pd.DataFrame(cols, index=pd.RangeIndex(1, n + 1))
         df.columns = pd.MultiIndex.from_tuples(df.columns)
         tables.append((preset, df))
     return tables
