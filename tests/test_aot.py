@@ -79,6 +79,15 @@ def test_bad_arguments_name_the_argument():
         aot.compile_for_topology("tiny", "v5e:2x2", **{**kw, "layout": "pipeline"})
     with pytest.raises(ValueError, match="mode="):
         aot.compile_for_topology("tiny", "v5e:2x2", **{**kw, "mode": "serve"})
+    with pytest.raises(ValueError, match="buffers"):
+        aot.compile_for_topology("tiny", "v5e:2x2", **kw, buffers=-2)
+
+
+def test_buffer_report_cli_checks_out_before_compiling(capsys):
+    from vishwamai.benchmarks import tpu_buffers
+    with pytest.raises(SystemExit) as e:
+        tpu_buffers.main(["--out", "/nonexistent-dir/x.json"])
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
 
 
 def test_memory_per_chip_splits_like_the_layout():

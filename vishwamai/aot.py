@@ -38,6 +38,7 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vishwamai import sharding as _sh
+from vishwamai import validate
 from vishwamai import train as _train
 from vishwamai.analysis.hardware import get_chip
 from vishwamai.analysis.roofline import memory_per_chip
@@ -390,6 +391,7 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int; got {v!r}")
+    validate.non_negative_int("buffers", buffers)
     require_libtpu()
     cfg = model_config(config, attention_impl=attention_impl, remat=remat, dtype=dtype,
                        param_dtype=param_dtype, scan_layers=scan_layers,

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from vishwamai import aot
+from vishwamai import aot, validate
 from vishwamai.benchmarks import tpu_grid
 
 #: (preset, topologies, layout, mode, global batch): the same train step for two generations.
@@ -107,6 +107,10 @@ def main(argv=None) -> dict:
     p.add_argument("--top", type=tpu_grid._positive, default=16,
                    help="largest allocations kept per program")
     args = p.parse_args(argv)
+    try:
+        validate.writable_file("--out", args.out)        # before the compiles, not after
+    except validate.InputError as e:
+        p.error(str(e))
     payload = run(top=args.top)
     tpu_grid._write(args.out, payload)
     print(f"wrote {args.out}")
