@@ -18,6 +18,7 @@ TIERS = (
     ("config", "data", "plotting", "prose"),
     ("kernels",),
     ("layers",),
+    ("hf_moe",),
     ("transformer", "hf", "checkpoint"),
     ("model",),
     ("analysis", "train"),

@@ -30,7 +30,10 @@ FP8_SCALINGS = ("tensor", "row", "block")
 # them from the config, `VishwamAI.param_breakdown` reads them off the real tree).
 PARAM_COMPONENTS = ("embedding", "positions", "attention_q", "attention_k", "attention_v",
                     "attention_o", "mlp", "norms", "head")
-ROPE_SCALINGS = ("none", "linear", "llama3")  # see vishwamai.layers.rope.rope_inv_freq
+ROPE_SCALINGS = ("none", "linear", "llama3")
+QK_NORMS = ("none", "head", "full")  # RMSNorm of q and k: per head over H (Qwen3), over N*H (OLMoE)
+ROUTER_SCORINGS = ("softmax", "sigmoid")
+MOE_IMPLS = ("dropless", "capacity", "dense")  # see vishwamai.kernels.moe  # see vishwamai.layers.rope.rope_inv_freq
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,25 @@ class ModelConfig:
     use_fp8: bool = False  # projections and MLP through fp8_gemm_optimized
     fp8_scaling: str = "tensor"
     scan_layers: bool = False  # the L blocks as one nn.scan; see the class docstring
+    qk_norm: str = "none"  # QK_NORMS: RMSNorm on queries and keys before RoPE
+    # Mixture of experts (vishwamai.layers.moe); num_experts=0: the dense MLP in every block.
+    num_experts: int = 0  # E routed experts
+    num_experts_per_tok: int = 2  # K experts each token is sent to (top-k)
+    moe_mlp_dim: int | None = None  # F of one routed expert; None: mlp_dim
+    first_dense_layers: int = 0  # blocks before the first MoE block keep the dense MLP
+    num_shared_experts: int = 0  # experts every token goes through
+    shared_expert_dim: int | None = None  # their total width; None: num_shared_experts * F
+    shared_expert_gate: bool = False  # shared output times sigmoid(x w) (Qwen2-MoE)
+    router_scoring: str = "softmax"  # ROUTER_SCORINGS
+    norm_topk_prob: bool = True  # renormalise the K chosen weights to sum to 1
+    router_n_group: int = 1  # group-limited routing (DeepSeek): experts in n groups ...
+    router_topk_group: int = 1  # ... of which this many may be chosen from
+    routed_scaling_factor: float = 1.0  # multiplies the routed weights (DeepSeek)
+    router_bias: bool = False  # per-expert selection bias (aux-loss-free balancing)
+    moe_impl: str = "dropless"  # MOE_IMPLS
+    capacity_factor: float = 1.25  # slots per expert = ceil(cf * tokens * K / E) (capacity)
+    router_aux_loss_coef: float = 0.0  # weight of the load-balancing loss in `loss` / `fit`
+    router_z_loss_coef: float = 0.0  # weight of the router z-loss
     name: str = "custom"
 
     def __post_init__(self):
@@ -122,6 +144,8 @@ class ModelConfig:
         validate.positive("ModelConfig.rope_theta", self.rope_theta)
         for f in ("tie_embeddings", "use_bias", "qkv_bias", "use_fp8", "scan_layers"):
             validate.boolean(f"ModelConfig.{f}", getattr(self, f))
+        validate.one_of("ModelConfig.qk_norm", self.qk_norm, QK_NORMS)
+        self._validate_moe()
         if not isinstance(self.name, str):
             validate.fail("ModelConfig.name", self.name, "a str", type_error=True)
         if self.rope_scaling != "none":
@@ -134,7 +158,70 @@ class ModelConfig:
                         f"exceed rope_low_freq_factor={self.rope_low_freq_factor}")
                 validate.positive_int("ModelConfig.rope_original_max_len", self.rope_original_max_len)
 
+    def _validate_moe(self) -> None:
+        """The MoE fields: checked only as far as they matter (num_experts > 0)."""
+        if isinstance(self.num_experts, bool) or not isinstance(self.num_experts, int) or \
+                self.num_experts < 0:
+            validate.fail("ModelConfig.num_experts", self.num_experts,
+                          "an int >= 0 (0: dense MLP)")
+        if not self.num_experts:
+            return
+        validate.positive_int("ModelConfig.num_experts_per_tok", self.num_experts_per_tok)
+        if self.num_experts_per_tok > self.num_experts:
+            raise validate.InputError(
+                f"ModelConfig.num_experts_per_tok={self.num_experts_per_tok} (top-k) must not "
+                f"exceed num_experts={self.num_experts}")
+        for f in ("moe_mlp_dim", "shared_expert_dim"):
+            if getattr(self, f) is not None:
+                validate.positive_int(f"ModelConfig.{f}", getattr(self, f))
+        for f in ("first_dense_layers", "num_shared_experts"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                validate.fail(f"ModelConfig.{f}", v, "an int >= 0")
+        if self.first_dense_layers >= self.num_layers:
+            raise validate.InputError(
+                f"ModelConfig.first_dense_layers={self.first_dense_layers} must be below "
+                f"num_layers={self.num_layers} (num_experts=0 is the dense model)")
+        if self.first_dense_layers and self.scan_layers:
+            raise validate.InputError(
+                f"ModelConfig.first_dense_layers={self.first_dense_layers} needs scan_layers=False "
+                "(a scan repeats one block; the dense and MoE blocks differ)")
+        validate.one_of("ModelConfig.router_scoring", self.router_scoring, ROUTER_SCORINGS)
+        validate.one_of("ModelConfig.moe_impl", self.moe_impl, MOE_IMPLS)
+        for f in ("norm_topk_prob", "router_bias", "shared_expert_gate"):
+            validate.boolean(f"ModelConfig.{f}", getattr(self, f))
+        if isinstance(self.capacity_factor, bool) or not isinstance(
+                self.capacity_factor, (int, float)) or not self.capacity_factor > 0:
+            validate.fail("ModelConfig.capacity_factor", self.capacity_factor, "a number > 0")
+        validate.positive("ModelConfig.routed_scaling_factor", self.routed_scaling_factor)
+        for f in ("router_aux_loss_coef", "router_z_loss_coef"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                validate.fail(f"ModelConfig.{f}", v, "a number >= 0")
+        validate.positive_int("ModelConfig.router_n_group", self.router_n_group)
+        validate.positive_int("ModelConfig.router_topk_group", self.router_topk_group)
+        if self.num_experts % self.router_n_group or \
+                self.router_topk_group > self.router_n_group:
+            raise validate.InputError(
+                f"ModelConfig.router_n_group={self.router_n_group} must divide num_experts="
+                f"{self.num_experts} and be >= router_topk_group={self.router_topk_group}")
+        if self.router_n_group > 1 and self.num_experts_per_tok > (
+                self.router_topk_group * self.num_experts // self.router_n_group):
+            raise validate.InputError(
+                f"ModelConfig.num_experts_per_tok={self.num_experts_per_tok} exceeds the experts "
+                f"in router_topk_group={self.router_topk_group} groups")
+
     # ------------------------------------------------------------------ derived
+    @property
+    def expert_mlp_dim(self) -> int:
+        """F of one routed expert (`moe_mlp_dim`, else `mlp_dim`)."""
+        return self.moe_mlp_dim or self.mlp_dim
+
+    @property
+    def num_moe_layers(self) -> int:
+        """Blocks whose feed-forward is the mixture of experts."""
+        return self.num_layers - self.first_dense_layers if self.num_experts else 0
+
     @property
     def q_dim(self) -> int:
         """N*H: width of the concatenated query heads."""
@@ -316,15 +403,22 @@ HF_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_
 _IGNORED_KEYS = ("batch_size",)
 
 # ---------------------------------------------------------------------- Hugging Face configs
-HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+MOE_HF_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2") + MOE_HF_MODEL_TYPES
 HF_ARCHITECTURES = {
+    "MixtralForCausalLM": "mixtral", "MixtralModel": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe", "Qwen2MoeModel": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe", "Qwen3MoeModel": "qwen3_moe",
+    "OlmoeForCausalLM": "olmoe", "OlmoeModel": "olmoe",
     "GPT2LMHeadModel": "gpt2", "GPT2Model": "gpt2",
     "LlamaForCausalLM": "llama", "LlamaModel": "llama",
     "MistralForCausalLM": "mistral", "MistralModel": "mistral",
     "Qwen2ForCausalLM": "qwen2", "Qwen2Model": "qwen2",
 }
 _CAUSAL_LM = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
-              "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+              "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+              "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+              "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM"}
 # transformers' defaults for keys a config.json may leave out.
 _HF_DEFAULTS = {
     "gpt2": {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
@@ -343,6 +437,33 @@ _HF_DEFAULTS = {
               "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
               "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": None,
               "max_window_layers": 28},
+    # transformers 5.x config classes' defaults (MixtralConfig(), Qwen2MoeConfig(), ...)
+    "mixtral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+                "tie_word_embeddings": False, "sliding_window": None, "num_local_experts": 8,
+                "num_experts_per_tok": 2, "router_aux_loss_coef": 0.001},
+    "qwen2_moe": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+                  "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+                  "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                  "tie_word_embeddings": False, "use_sliding_window": False,
+                  "sliding_window": None, "max_window_layers": 28, "qkv_bias": True,
+                  "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+                  "num_experts": 60, "num_experts_per_tok": 4, "norm_topk_prob": False,
+                  "decoder_sparse_step": 1, "mlp_only_layers": [], "router_aux_loss_coef": 0.001},
+    "qwen3_moe": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+                  "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 4,
+                  "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                  "tie_word_embeddings": False, "use_sliding_window": False,
+                  "sliding_window": None, "attention_bias": False, "moe_intermediate_size": 768,
+                  "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": False,
+                  "decoder_sparse_step": 1, "mlp_only_layers": [], "router_aux_loss_coef": 0.001},
+    "olmoe": {"vocab_size": 50304, "hidden_size": 2048, "intermediate_size": 2048,
+              "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": None,
+              "hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+              "tie_word_embeddings": False, "attention_bias": False, "clip_qkv": None,
+              "num_experts": 64, "num_experts_per_tok": 8, "norm_topk_prob": False,
+              "router_aux_loss_coef": 0.01},
 }
 # GPT-2's activation_function -> mlp_activation; a gated family's hidden_act -> mlp_activation.
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact",
@@ -495,7 +616,8 @@ def _hf_fields(d, max_seq_len=None) -> dict:
         if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len <= 0:
             raise ValueError(f"max_seq_len must be a positive int or None; got {max_seq_len!r}")
         length = max_seq_len
-    use_bias, qkv_bias = False, model_type == "qwen2"
+    use_bias, qkv_bias = False, model_type == "qwen2" or (model_type == "qwen2_moe"
+                                                          and bool(d["qkv_bias"]))
     if model_type == "llama":
         attn_bias, mlp_bias = d["attention_bias"], d["mlp_bias"]
         if attn_bias != mlp_bias:
@@ -506,9 +628,11 @@ def _hf_fields(d, max_seq_len=None) -> dict:
         key = "attention_bias" if d.get("attention_bias") else "mlp_bias"
         _hf_refuse(key, d[key], f"{model_type} has no such biases")
     layer_types = d.get("layer_types") or []
-    if model_type == "mistral":
+    if model_type in ("mistral", "mixtral"):
         _hf_window(d["sliding_window"], length)
-    elif model_type == "qwen2":
+    elif model_type == "qwen3_moe" and d["use_sliding_window"]:
+        _hf_window(d["sliding_window"], length)
+    elif model_type in ("qwen2", "qwen2_moe"):
         sliding = any(t != "full_attention" for t in layer_types) or (
             d["use_sliding_window"] and d["max_window_layers"] < L)
         if sliding:
@@ -519,13 +643,85 @@ def _hf_fields(d, max_seq_len=None) -> dict:
                head_dim=H, hidden_dim=D, mlp_dim=_hf_int(d, "intermediate_size"),
                max_seq_len=length, mlp_activation=_GATED_ACTIVATIONS[act], norm="rmsnorm",
                norm_eps=float(d["rms_norm_eps"]), position="rope", use_bias=use_bias,
-               qkv_bias=qkv_bias, **_hf_rope(d))
+               qkv_bias=qkv_bias, **_hf_rope(d), **_hf_moe_fields(d, model_type))
+    return out
+
+
+def _hf_moe_fields(d, model_type) -> dict:
+    """The MoE (and q/k-norm) fields of a Mixtral, Qwen2-MoE, Qwen3-MoE or OLMoE config."""
+    if model_type not in MOE_HF_MODEL_TYPES:
+        return {}
+    # transformers 5.x writes `num_local_experts` for every family; older files `num_experts`
+    E = _hf_int(d, "num_local_experts" if d.get("num_local_experts") is not None
+                else "num_experts")
+    out = {"num_experts": E, "num_experts_per_tok": _hf_int(d, "num_experts_per_tok"),
+           "router_aux_loss_coef": float(d.get("router_aux_loss_coef") or 0.0),
+           "norm_topk_prob": True if model_type == "mixtral" else bool(d["norm_topk_prob"])}
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        if d.get("decoder_sparse_step", 1) != 1:
+            _hf_refuse("decoder_sparse_step", d["decoder_sparse_step"], "every block is MoE here")
+        if d.get("mlp_only_layers"):
+            _hf_refuse("mlp_only_layers", d["mlp_only_layers"], "every block is MoE here")
+        out["moe_mlp_dim"] = _hf_int(d, "moe_intermediate_size")
+    if model_type == "qwen2_moe" and d.get("shared_expert_intermediate_size"):
+        out.update(num_shared_experts=1, shared_expert_gate=True,
+                   shared_expert_dim=_hf_int(d, "shared_expert_intermediate_size"))
+    if model_type == "qwen3_moe":
+        out["qk_norm"] = "head"
+    if model_type == "olmoe":
+        if d.get("clip_qkv") is not None:
+            _hf_refuse("clip_qkv", d["clip_qkv"], "clipping q/k/v is not implemented")
+        out["qk_norm"] = "full"
+    return out
+
+
+def _to_hf_moe(cfg: "ModelConfig", model_type: str, need) -> dict:
+    """The MoE keys of `_to_hf`; `need(field, ok, accepted)` raises for what the family lacks."""
+    moe = model_type in MOE_HF_MODEL_TYPES
+    need("num_experts", bool(cfg.num_experts) == moe, "> 0" if moe else "0 (a dense family)")
+    need("qk_norm", cfg.qk_norm == {"qwen3_moe": "head", "olmoe": "full"}.get(model_type, "none"),
+         {"qwen3_moe": "'head'", "olmoe": "'full'"}.get(model_type, "'none'"))
+    if not moe:
+        return {}
+    need("first_dense_layers", cfg.first_dense_layers == 0, "0")
+    need("router_scoring", cfg.router_scoring == "softmax", "'softmax'")
+    need("router_bias", not cfg.router_bias, "False")
+    need("router_n_group", cfg.router_n_group == 1, "1")
+    need("routed_scaling_factor", cfg.routed_scaling_factor == 1.0, "1.0")
+    need("use_bias", not cfg.use_bias, "False")
+    need("qkv_bias", cfg.qkv_bias == (model_type == "qwen2_moe"), str(model_type == "qwen2_moe"))
+    shared = model_type == "qwen2_moe"
+    need("num_shared_experts", cfg.num_shared_experts == int(shared), str(int(shared)))
+    need("shared_expert_gate", cfg.shared_expert_gate == shared, str(shared))
+    out = {"num_experts_per_tok": cfg.num_experts_per_tok,
+           "router_aux_loss_coef": cfg.router_aux_loss_coef}
+    if model_type in ("mixtral", "olmoe"):
+        need("moe_mlp_dim", cfg.expert_mlp_dim == cfg.mlp_dim, f"None or mlp_dim={cfg.mlp_dim}")
+    else:
+        out.update(moe_intermediate_size=cfg.expert_mlp_dim, decoder_sparse_step=1,
+                   mlp_only_layers=[], use_sliding_window=False, sliding_window=None)
+    if model_type == "mixtral":
+        need("norm_topk_prob", cfg.norm_topk_prob, "True")
+        out.update(num_local_experts=cfg.num_experts, sliding_window=None, router_jitter_noise=0.0)
+        return out
+    out.update(num_experts=cfg.num_experts, norm_topk_prob=cfg.norm_topk_prob)
+    if model_type == "qwen2_moe":
+        out.update(qkv_bias=True, max_window_layers=cfg.num_layers,
+                   shared_expert_intermediate_size=cfg.shared_expert_dim
+                   or cfg.expert_mlp_dim)
+    else:
+        out.update(attention_bias=False)
+        if model_type == "olmoe":
+            out["clip_qkv"] = None
     return out
 
 
 def _to_hf(cfg: "ModelConfig", model_type: str | None) -> dict:
     if model_type is None:
-        if cfg.position == "learned" or cfg.norm == "layernorm":
+        if cfg.num_experts:
+            model_type = {"head": "qwen3_moe", "full": "olmoe"}.get(
+                cfg.qk_norm, "qwen2_moe" if cfg.num_shared_experts else "mixtral")
+        elif cfg.position == "learned" or cfg.norm == "layernorm":
             model_type = "gpt2"
         elif cfg.qkv_bias and not cfg.use_bias:
             model_type = "qwen2"
@@ -558,12 +754,15 @@ def _to_hf(cfg: "ModelConfig", model_type: str | None) -> dict:
                    scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
         return out
     hidden_act = {v: k for k, v in _GATED_ACTIVATIONS.items() if k != "gelu_new"}
+    moe = _to_hf_moe(cfg, model_type, need)
     need("position", cfg.position == "rope", "'rope'")
     need("norm", cfg.norm == "rmsnorm", "'rmsnorm'")
     need("mlp_activation", cfg.mlp_activation in hidden_act, f"one of {tuple(hidden_act)}")
     if model_type == "qwen2":
         need("use_bias", not cfg.use_bias, "False (q/k/v biases only)")
         need("qkv_bias", cfg.qkv_bias, "True")
+    elif model_type in MOE_HF_MODEL_TYPES:
+        pass
     else:
         need("qkv_bias", not cfg.qkv_bias or cfg.use_bias, "False (or use_bias=True)")
     if model_type == "mistral":
@@ -578,9 +777,12 @@ def _to_hf(cfg: "ModelConfig", model_type: str | None) -> dict:
         out.update(attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias)
     elif model_type == "mistral":
         out["sliding_window"] = None
-    else:
+    elif model_type == "qwen2":
         out.update(use_sliding_window=False, sliding_window=None,
                    max_window_layers=cfg.num_layers)
+    if model_type in ("mixtral", "olmoe"):
+        out["intermediate_size"] = cfg.expert_mlp_dim
+    out.update(moe)
     return out
 
 
@@ -594,7 +796,8 @@ def _seed(name, **dims) -> ModelConfig:
 
 
 def _llama(name, **dims) -> ModelConfig:
-    return ModelConfig(mlp_activation="swiglu", norm="rmsnorm", norm_eps=1e-5, position="rope",
+    dims.setdefault("norm_eps", 1e-5)
+    return ModelConfig(mlp_activation="swiglu", norm="rmsnorm", position="rope",
                        tie_embeddings=False, use_bias=False, name=name, **dims)
 
 
@@ -629,10 +832,37 @@ PRESETS: dict[str, ModelConfig] = {
     "tinyllama_1_1b": _llama("tinyllama_1_1b", vocab_size=32000, num_layers=22, num_heads=32,
                              num_kv_heads=4, head_dim=64, hidden_dim=2048, mlp_dim=5632,
                              max_seq_len=2048),
+    # Mixture of experts on a laptop CPU: 8 experts, top-2, the auxiliary losses on.
+    "tiny_moe": ModelConfig(vocab_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+                            head_dim=16, hidden_dim=64, mlp_dim=64, max_seq_len=256,
+                            mlp_activation="swiglu", norm="rmsnorm", position="rope",
+                            tie_embeddings=False, num_experts=8, num_experts_per_tok=2,
+                            router_aux_loss_coef=0.01,
+                            router_z_loss_coef=0.001, name="tiny_moe"),
+    # Mixtral-8x7B (Jiang et al. 2024; HF `mistralai/Mixtral-8x7B-v0.1`): 46,702,792,704.
+    "mixtral_8x7b": _llama("mixtral_8x7b", vocab_size=32000, num_layers=32, num_heads=32,
+                           num_kv_heads=8, head_dim=128, hidden_dim=4096, mlp_dim=14336,
+                           max_seq_len=32768, rope_theta=1e6, num_experts=8,
+                           num_experts_per_tok=2, router_aux_loss_coef=0.02),
+    # Qwen3-30B-A3B (Qwen team 2025; HF `Qwen/Qwen3-30B-A3B`): 30,532,122,624.
+    "qwen3_30b_a3b": _llama("qwen3_30b_a3b", vocab_size=151936, num_layers=48, num_heads=32,
+                            num_kv_heads=4, head_dim=128, hidden_dim=2048, mlp_dim=6144,
+                            max_seq_len=40960, rope_theta=1e6, norm_eps=1e-6, qk_norm="head",
+                            num_experts=128, num_experts_per_tok=8, moe_mlp_dim=768,
+                            router_aux_loss_coef=0.001),
+    # OLMoE-1B-7B (Muennighoff et al. 2024; HF `allenai/OLMoE-1B-7B-0924`): 6,919,161,856.
+    "olmoe_1b_7b": _llama("olmoe_1b_7b", vocab_size=50304, num_layers=16, num_heads=16,
+                          head_dim=128, hidden_dim=2048, mlp_dim=1024, max_seq_len=4096,
+                          qk_norm="full", num_experts=64, num_experts_per_tok=8,
+                          norm_topk_prob=False, router_aux_loss_coef=0.01,
+                          router_z_loss_coef=0.001),
 }
 
 # Parameter counts as published (model cards / the papers' reference implementations).
 PUBLISHED_PARAMS = {
+    "mixtral_8x7b": 46_702_792_704,
+    "qwen3_30b_a3b": 30_532_122_624,
+    "olmoe_1b_7b": 6_919_161_856,
     "gpt2": 124_439_808,
     "llama2_7b": 6_738_415_616,
     "llama3_8b": 8_030_261_248,
@@ -650,6 +880,10 @@ HF_CONFIG_PARAMS = {
     "mistral_7b_v0_1": 7_241_732_096,
     "qwen2_5_7b": 7_615_616_512,
     "tinyllama_1_1b": 1_100_048_384,
+    "mixtral_8x7b": 46_702_792_704,
+    "qwen3_30b_a3b": 30_532_122_624,
+    "olmoe_1b_7b_0924": 6_919_161_856,
+    "qwen1_5_moe_a2_7b": 14_315_784_192,
 }
 
 

@@ -45,6 +45,7 @@ import jax
 import numpy as np
 
 from vishwamai.config import DTYPES, ModelConfig
+from vishwamai.hf_moe import expert_layout, moe_rules, qk_norm_rules
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -84,7 +85,8 @@ def family(cfg: ModelConfig, model_type: str | None = None) -> str:
     return cfg.to_hf(model_type)["model_type"]
 
 
-def _rules(cfg: ModelConfig, model_type: str, prefix: str) -> list[_Rule]:
+def _rules(cfg: ModelConfig, model_type: str, prefix: str, layout: str = "fused") -> list[_Rule]:
+    """Every tensor of the family; `layout` is how MoE experts are stored (`hf_moe.LAYOUTS`)."""
     V, L, D, N, K, H, F = (cfg.vocab_size, cfg.num_layers, cfg.hidden_dim, cfg.num_heads,
                            cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim)
     rules = []
@@ -137,19 +139,11 @@ def _rules(cfg: ModelConfig, model_type: str, prefix: str) -> list[_Rule]:
                              (N, H, D)))
         if cfg.use_bias:
             rules.append(_identity(h + "self_attn.o_proj.bias", (D,), att + ("out", "bias")))
-        mlp = (layer, "mlp")
-        rules.append(_Rule(
-            (h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"), ((F, D), (F, D)),
-            (mlp + ("wi", "kernel"),),
-            lambda xs: [np.stack([xs[0].T, xs[1].T], axis=1)],
-            lambda xs: [xs[0][:, 0, :].T, xs[0][:, 1, :].T]))
-        rules.append(_linear(h + "mlp.down_proj.weight", (D, F), mlp + ("wo", "kernel"), (F, D)))
-        if cfg.use_bias:
-            rules.append(_Rule(
-                (h + "mlp.gate_proj.bias", h + "mlp.up_proj.bias"), ((F,), (F,)),
-                (mlp + ("wi", "bias"),),
-                lambda xs: [np.stack(xs, axis=0)], lambda xs: [xs[0][0], xs[0][1]]))
-            rules.append(_identity(h + "mlp.down_proj.bias", (D,), mlp + ("wo", "bias")))
+        rules += [_Rule(*r) for r in qk_norm_rules(cfg, h, layer)]
+        if cfg.num_experts and i >= cfg.first_dense_layers:
+            rules += [_Rule(*r) for r in moe_rules(cfg, model_type, h, layer, layout)]
+        else:
+            rules += _dense_mlp_rules(cfg, h, layer)
         rules.append(_identity(h + "input_layernorm.weight", (D,),
                                (layer, "pre_attention_norm", "scale")))
         rules.append(_identity(h + "post_attention_layernorm.weight", (D,),
@@ -157,6 +151,26 @@ def _rules(cfg: ModelConfig, model_type: str, prefix: str) -> list[_Rule]:
     rules.append(_identity(p + "norm.weight", (D,), ("final_norm", "scale")))
     if not cfg.tie_embeddings:
         rules.append(_linear("lm_head.weight", (V, D), ("lm_head", "kernel"), (D, V)))
+    return rules
+
+
+def _dense_mlp_rules(cfg: ModelConfig, h: str, layer: str) -> list[_Rule]:
+    """The gated dense MLP of one Llama-family block (+ biases when the config has them)."""
+    D, F = cfg.hidden_dim, cfg.mlp_dim
+    rules = []
+    mlp = (layer, "mlp")
+    rules.append(_Rule(
+        (h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"), ((F, D), (F, D)),
+        (mlp + ("wi", "kernel"),),
+        lambda xs: [np.stack([xs[0].T, xs[1].T], axis=1)],
+        lambda xs: [xs[0][:, 0, :].T, xs[0][:, 1, :].T]))
+    rules.append(_linear(h + "mlp.down_proj.weight", (D, F), mlp + ("wo", "kernel"), (F, D)))
+    if cfg.use_bias:
+        rules.append(_Rule(
+            (h + "mlp.gate_proj.bias", h + "mlp.up_proj.bias"), ((F,), (F,)),
+            (mlp + ("wi", "bias"),),
+            lambda xs: [np.stack(xs, axis=0)], lambda xs: [xs[0][0], xs[0][1]]))
+        rules.append(_identity(h + "mlp.down_proj.bias", (D,), mlp + ("wo", "bias")))
     return rules
 
 
@@ -261,7 +275,7 @@ def load_state_dict(cfg: ModelConfig, files: str | os.PathLike | Sequence[str], 
                 raise ValueError(f"checkpoint file {file} does not exist")
             handles[file] = stack.enter_context(safe_open(file, framework="numpy"))
         where = _tensor_files(handles)
-        rules = _rules(cfg, model_type, _prefix(where, model_type))
+        rules = _rules(cfg, model_type, _prefix(where, model_type), expert_layout(where))
         expected = {name for r in rules for name in r.hf}
         for r in rules:
             for name in r.hf:
@@ -291,16 +305,19 @@ def load_state_dict(cfg: ModelConfig, files: str | os.PathLike | Sequence[str], 
 
 # ------------------------------------------------------------------------------ writing
 
-def to_hf_state_dict(cfg: ModelConfig, params, *, model_type: str | None = None) -> dict:
+def to_hf_state_dict(cfg: ModelConfig, params, *, model_type: str | None = None,
+                     expert_layout: str = "per_expert") -> dict:
     """This package's parameters as a Hugging Face state dict of numpy arrays.
 
     The names are those transformers' `save_pretrained` writes for the family's `*ForCausalLM`
-    class (a tied head is not written); dtypes are the parameters' own.
+    class (a tied head is not written); dtypes are the parameters' own. MoE experts are written
+    one by one (`expert_layout='per_expert'`, what transformers 5.x `save_pretrained` writes
+    and the published checkpoints hold) or as transformers' in-memory fused tensors ('fused').
     """
     model_type = family(cfg, model_type)
     prefix = "transformer." if model_type == "gpt2" else "model."
     out = {}
-    for r in _rules(cfg, model_type, prefix):
+    for r in _rules(cfg, model_type, prefix, expert_layout):
         try:
             ours = [np.asarray(_get(params, path)) for path in r.ours]
         except (KeyError, TypeError):
@@ -323,7 +340,8 @@ def _has(tree, path) -> bool:
 
 
 def save_pretrained(directory: str | os.PathLike, cfg: ModelConfig, params, *,
-                    model_type: str | None = None, max_shard_bytes: int | None = None) -> list[str]:
+                    model_type: str | None = None, max_shard_bytes: int | None = None,
+                    expert_layout: str = "per_expert") -> list[str]:
     """Writes `config.json` and the weights as transformers' `from_pretrained` reads them.
 
     Args:
@@ -331,6 +349,7 @@ def save_pretrained(directory: str | os.PathLike, cfg: ModelConfig, params, *,
       model_type: the family to write ('gpt2', 'llama', 'mistral', 'qwen2'; None: inferred).
       max_shard_bytes: None writes one `model.safetensors`; else shards of at most this many
         bytes (one tensor may exceed it) plus `model.safetensors.index.json`.
+      expert_layout: how MoE experts are written (see `to_hf_state_dict`).
     Returns:
       The paths of the files written.
     """
@@ -339,7 +358,8 @@ def save_pretrained(directory: str | os.PathLike, cfg: ModelConfig, params, *,
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     hf_config = cfg.to_hf(model_type)
-    state = to_hf_state_dict(cfg, params, model_type=hf_config["model_type"])
+    state = to_hf_state_dict(cfg, params, model_type=hf_config["model_type"],
+                             expert_layout=expert_layout)
     written = [os.path.join(directory, "config.json")]
     with open(written[0], "w") as f:
         json.dump(hf_config, f, indent=2, sort_keys=True)

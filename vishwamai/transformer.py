@@ -18,6 +18,7 @@ from vishwamai.layers.attention import FlashAttention
 from vishwamai.layers.embeddings import Embed
 from vishwamai.layers.linear import linear_for
 from vishwamai.layers.mlp import MLP
+from vishwamai.layers.moe import MOE_COLLECTION, MoE
 from vishwamai.layers.norms import make_norm
 
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -38,15 +39,17 @@ def remat_policy(name: str):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: `x + Attn(Norm(x))`, then `x + MLP(Norm(x))`.
+    """Pre-norm residual block: `x + Attn(Norm(x))`, then `x + MLP(Norm(x))` (or `MoE`).
 
     Attributes:
       config: the `ModelConfig`.
       scanned: return `(x, None)`, the (carry, per-step output) pair `nn.scan` expects.
+      moe: the feed-forward is the mixture of experts (`is_moe_layer`), named `moe`.
     """
 
     config: ModelConfig
     scanned: bool = False
+    moe: bool = False
 
     @nn.compact
     def __call__(self, x_BTD, positions_BT, deterministic: bool = True, decode: bool = False,
@@ -57,7 +60,8 @@ class Block(nn.Module):
                                                   decode=decode, kv_valid_BS=kv_valid_BS)
         x_BTD = x_BTD + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         h = make_norm(cfg, "pre_mlp_norm")(x_BTD)
-        h = MLP(cfg, name="mlp")(h, deterministic=deterministic)
+        ffn = MoE(cfg, name="moe") if self.moe else MLP(cfg, name="mlp")
+        h = ffn(h, deterministic=deterministic)
         x_BTD = x_BTD + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         x_BTD = nn.with_logical_constraint(x_BTD, ACTIVATION_AXES)
         return (x_BTD, None) if self.scanned else x_BTD
@@ -71,6 +75,11 @@ LAYER_AXIS = "layers"
 
 def _layer_key(i: int) -> str:
     return f"layer_{i}"
+
+
+def is_moe_layer(cfg: ModelConfig, i: int) -> bool:
+    """Whether block i's feed-forward is the mixture of experts (after `first_dense_layers`)."""
+    return cfg.num_experts > 0 and i >= cfg.first_dense_layers
 
 
 def _blocks(cfg: ModelConfig, decode: bool):
@@ -94,7 +103,7 @@ def scanned_blocks(cfg: ModelConfig, decode: bool):
     """
     return nn.scan(
         _blocks(cfg, decode),
-        variable_axes={"params": 0, "cache": 0},
+        variable_axes={"params": 0, "cache": 0, MOE_COLLECTION: 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
@@ -238,13 +247,14 @@ class TransformerModel(nn.Module):
         x_BTD = nn.with_logical_constraint(x_BTD, ACTIVATION_AXES)
 
         if cfg.scan_layers:
-            x_BTD, _ = scanned_blocks(cfg, decode)(cfg, scanned=True, name=SCAN_NAME)(
+            x_BTD, _ = scanned_blocks(cfg, decode)(cfg, scanned=True, moe=cfg.num_experts > 0,
+                                                   name=SCAN_NAME)(
                 x_BTD, positions_BT, deterministic, decode, kv_valid_BS)
         else:
             block = _blocks(cfg, decode)
             for i in range(cfg.num_layers):
-                x_BTD = block(cfg, name=_layer_key(i))(x_BTD, positions_BT, deterministic, decode,
-                                                       kv_valid_BS)
+                x_BTD = block(cfg, moe=is_moe_layer(cfg, i), name=_layer_key(i))(
+                    x_BTD, positions_BT, deterministic, decode, kv_valid_BS)
 
         x_BTD = make_norm(cfg, "final_norm")(x_BTD)
         if return_hidden:

@@ -20,7 +20,7 @@ Conventions (stated once, used everywhere):
 """
 from __future__ import annotations
 
-from vishwamai.analysis.params import bytes_per, count_params
+from vishwamai.analysis.params import _moe_ffn, bytes_per, count_params
 from vishwamai import validate
 from vishwamai.config import REMAT_POLICIES, ModelConfig, as_config
 
@@ -68,6 +68,10 @@ def layer_flops(cfg: ModelConfig | str, *, batch: int, seq_len: int, kv_len: int
         "attention_scores": 2 * B * N * H * pairs,
         "attention_values": 2 * B * N * H * pairs,
     }
+    if c.num_experts:  # per block on average: K routed experts, shared ones, the router
+        L, L_moe = c.num_layers, c.num_moe_layers
+        ffn = BT * 2 * ((L - L_moe) * (D * wi_cols + F * D) + L_moe * _moe_ffn(c)[1]) / L
+        out["mlp_in"], out["mlp_out"] = ffn * (wi_cols / (wi_cols + F)), ffn * (F / (wi_cols + F))
     out["mlp"] = out["mlp_in"] + out["mlp_out"]
     out["weights"] = (out["q_proj"] + out["k_proj"] + out["v_proj"] + out["o_proj"]
                       + out["mlp"])

@@ -49,8 +49,11 @@ def count_params(cfg: ModelConfig | str) -> dict:
     v = D * K * H + (K * H if qkv_bias else 0)
     o = N * H * D + (D if bias else 0)
     wi_cols = 2 * F if c.gated_mlp else F
-    mlp = D * wi_cols + F * D + ((wi_cols + D) if bias else 0)
+    dense_mlp = D * wi_cols + F * D + ((wi_cols + D) if bias else 0)
+    L_moe = c.num_moe_layers
+    moe, moe_active = _moe_ffn(c)
     norm = D * (2 if (c.norm == "layernorm" and bias) else 1)
+    qk_norm = {"none": 0, "head": 2 * H, "full": (N + K) * H}[c.qk_norm]
     out = {
         "embedding": V * D,
         "positions": c.max_seq_len * D if c.position == "learned" else 0,
@@ -58,16 +61,32 @@ def count_params(cfg: ModelConfig | str) -> dict:
         "attention_k": L * k,
         "attention_v": L * v,
         "attention_o": L * o,
-        "mlp": L * mlp,
-        "norms": (2 * L + 1) * norm,
+        "mlp": (L - L_moe) * dense_mlp + L_moe * moe,
+        "norms": (2 * L + 1) * norm + L * qk_norm,
         "head": 0 if c.tie_embeddings else D * V,
     }
     out["total"] = sum(out[k_] for k_ in COMPONENTS)
     out["attention"] = L * (q + k + v + o)
-    out["per_layer"] = q + k + v + o + mlp + 2 * norm
+    out["per_layer"] = q + k + v + o + (moe if L_moe else dense_mlp) + 2 * norm + qk_norm
     out["non_embedding"] = out["total"] - out["embedding"] - out["positions"]
-    out["matmul"] = L * (D * (N + 2 * K) * H + N * H * D + D * wi_cols + F * D) + D * V
+    # MoE blocks: the weights a token meets (router, its K experts, the shared ones).
+    out["matmul"] = (L * (D * (N + 2 * K) * H + N * H * D) + (L - L_moe) * (D * wi_cols + F * D)
+                     + L_moe * moe_active + D * V)
     return out
+
+
+def _moe_ffn(c: ModelConfig) -> tuple[int, int]:
+    """(parameters, matmul weights one token uses) of one MoE feed-forward; (0, 0) when dense."""
+    if not c.num_experts:
+        return 0, 0
+    D, E, Fe = c.hidden_dim, c.num_experts, c.expert_mlp_dim
+    expert = D * (2 * Fe if c.gated_mlp else Fe) + Fe * D
+    S = (c.shared_expert_dim or c.num_shared_experts * Fe) if c.num_shared_experts else 0
+    shared = D * (2 * S if c.gated_mlp else S) + S * D + (D if c.shared_expert_gate else 0)
+    bias = (2 * S if c.gated_mlp else S) + D if (S and c.use_bias) else 0
+    router = D * E
+    total = router + (E if c.router_bias else 0) + E * expert + shared + bias
+    return total, router + c.num_experts_per_tok * expert + shared
 
 
 def param_bytes(cfg: ModelConfig | str, dtype: str | None = None) -> int:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from vishwamai.kernels.attention import attention
 from vishwamai.layers.linear import linear_for
+from vishwamai.layers.norms import RMSNorm
 from vishwamai.layers.rope import apply_rope
 
 
@@ -50,6 +51,8 @@ class FlashAttention(nn.Module):
                             name="key")(x_BTD)
         v_BTKH = linear_for(cfg, (K, H), ("embed", "kv_heads", "head_dim"), use_bias=qkv_bias,
                             name="value")(x_BTD)
+        if cfg.qk_norm != "none":
+            q_BTNH, k_BTKH = self._qk_norm(q_BTNH), self._qk_norm(k_BTKH, "key_norm")
         q_BTNH = checkpoint_name(q_BTNH, "query_proj")
         k_BTKH = checkpoint_name(k_BTKH, "key_proj")
         v_BTKH = checkpoint_name(v_BTKH, "value_proj")
@@ -73,6 +76,16 @@ class FlashAttention(nn.Module):
         out_BTNH = nn.Dropout(cfg.dropout_rate)(out_BTNH, deterministic=deterministic)
         return linear_for(cfg, (cfg.hidden_dim,), ("heads", "head_dim", "embed"), in_axes=2,
                           name="out")(out_BTNH)
+
+    def _qk_norm(self, x_BTNH, name="query_norm"):
+        """RMSNorm of queries or keys: over each head's H ('head', Qwen3) or all N*H ('full', OLMoE)."""
+        cfg = self.config
+        norm = RMSNorm(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                       name=name)
+        if cfg.qk_norm == "head":
+            return norm(x_BTNH)
+        B, T, N, H = x_BTNH.shape
+        return norm(x_BTNH.reshape(B, T, N * H)).reshape(B, T, N, H)
 
     def _update_cache(self, k_BTKH, v_BTKH):
         """Writes this call's keys/values at `cache_index`; returns the whole cache and its mask.
