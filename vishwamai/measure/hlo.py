@@ -19,7 +19,6 @@ over this graph.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -271,26 +270,29 @@ def multiplicities(comps: dict, entry: str, *, trips: bool = True) -> tuple[dict
                 elif role in ("body", "condition") and trips:
                     f = (n if n is not None else 1) + (role == "condition")
                 edges[callee].append((c.name, f))
-    mult: dict = {}
-
-    def visit(name, stack=()):
-        if name in mult:
-            return mult[name]
-        if name == entry:
-            mult[name] = 1
-            return 1
-        if name in stack:
-            return 0
-        mult[name] = sum(visit(p, stack + (name,)) * f for p, f in edges.get(name, ()))
-        return mult[name]
-
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old, 10000))
-    try:
-        for name in comps:
-            visit(name)
-    finally:
-        sys.setrecursionlimit(old)
+    # Callers before callees (a depth-first post-order from the entry, reversed), then each
+    # computation hands its count down its edges.
+    calls_out: dict = {n: [] for n in comps}
+    for callee, ins_edges in edges.items():
+        for caller, f in ins_edges:
+            calls_out[caller].append((callee, f))
+    order, done, stack = [], set(), [(entry, iter(calls_out.get(entry, ())))]
+    done.add(entry)
+    while stack:
+        name, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            order.append(name)
+            stack.pop()
+        elif nxt[0] not in done:
+            done.add(nxt[0])
+            stack.append((nxt[0], iter(calls_out.get(nxt[0], ()))))
+    mult = {n: 0 for n in comps}
+    if entry in mult:
+        mult[entry] = 1
+    for name in reversed(order):
+        for callee, f in calls_out.get(name, ()):
+            mult[callee] += mult[name] * f
     for lp in loops:
         lp["times"] = mult.get(lp["computation"], 0) * (lp["trip_count"] or 1)
     return mult, loops
