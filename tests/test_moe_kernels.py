@@ -148,3 +148,23 @@ def test_losses_by_hand():
     np.testing.assert_allclose(kmoe.router_z_loss(r), 0.0, atol=1e-6)  # logsumexp of log-probs
     uniform = kmoe.route(jnp.zeros((8, 4)).at[jnp.arange(8), jnp.arange(8) % 4].set(1e-3), top_k=2)
     np.testing.assert_allclose(kmoe.load_balancing_loss(uniform), 2.0, rtol=1e-3)  # = K
+
+
+def test_dropless_compiles_for_tpu_through_megablox():
+    """Traced for a TPU (`compile_target`), the dropless path runs the megablox Pallas kernel:
+    XLA:TPU (libtpu, ahead of time on this CPU) compiles it into a Mosaic custom call."""
+    from vishwamai.aot import have_libtpu
+
+    if not have_libtpu():
+        pytest.skip("libtpu is not installed")
+    from vishwamai.aot.compile import compile_on_one_chip
+
+    def fn(x, router, wi, wo):
+        routing = kmoe.route(x @ router, top_k=K)
+        return kmoe.experts_dropless(x, routing, wi, wo, act=jax.nn.silu)
+
+    Tt, Dt, Ft = 256, 128, 128
+    compiled = compile_on_one_chip(fn, ((Tt, Dt), jnp.bfloat16), ((Dt, E), jnp.bfloat16),
+                                   ((E, Dt, 2 * Ft), jnp.bfloat16), ((E, Ft, Dt), jnp.bfloat16))
+    hlo = compiled.as_text()
+    assert "tpu_custom_call" in hlo and "ragged" not in hlo.lower()

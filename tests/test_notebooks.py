@@ -25,6 +25,8 @@ CI_PARAMETERS = {
     "03_tpu_optimizations.ipynb": {},
     "03b_fp8.ipynb": {},
     "03c_sharding.ipynb": {"preset": "tiny", "seq_len": 32},
+    "03d_moe.ipynb": {"steps": 20, "probe_every": 10, "seq_len": 32,
+                      "capacity_factors": [1.0, 1.25]},
     "04_memory.ipynb": {},
     "05_performance.ipynb": {"preset": "tiny", "sweep_batches": [1, 4], "seq_len": 64,
                              "sweep_seq_len": 64, "repeats": 2, "headline_repeats": 1},

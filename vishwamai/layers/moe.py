@@ -146,6 +146,13 @@ def moe_losses(state) -> dict:
             "dropped": _leaves(state, "dropped").sum()}
 
 
+def moe_penalty(cfg, stats):
+    """`router_aux_loss_coef * aux_loss + router_z_loss_coef * z_loss` (0 when `stats` is empty)."""
+    if not stats:
+        return jnp.zeros((), jnp.float32)
+    return cfg.router_aux_loss_coef * stats["aux_loss"] + cfg.router_z_loss_coef * stats["z_loss"]
+
+
 def update_expert_bias(bias_E, tokens_per_expert_E, rate: float):
     """DeepSeek-V3's auxiliary-loss-free balancing step: raise the bias of under-loaded experts.
 
