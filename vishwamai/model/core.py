@@ -25,6 +25,13 @@ from vishwamai.model.sampling import (_cache_fill, _check_mask, _check_sampling,
 from vishwamai.model.weights import _check_params_tree, _component
 
 
+@functools.lru_cache(maxsize=64)
+def _jitted_init(module):
+    """One jitted `module.init` per module: modules of equal configs are equal (and hash alike),
+    so every `VishwamAI` of a config shares one compiled initialiser per input shape."""
+    return jax.jit(module.init)
+
+
 class VishwamAI:
     """One model, its config and its pure functions.
 
@@ -43,7 +50,7 @@ class VishwamAI:
         """Initialised parameters (a plain pytree; logical axes via `param_axes()`)."""
         seq_len = min(self.config.max_seq_len, 8) if seq_len is None else seq_len
         tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
-        variables = jax.jit(self.module.init)(rng, tokens)
+        variables = _jitted_init(self.module)(rng, tokens)
         return nn.unbox(variables["params"])
 
     def abstract_params(self):
