@@ -24,15 +24,11 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import os
-import time
 from dataclasses import dataclass
 
 import jax
 
-from vishwamai.measure import matmul_peak, matvec_bandwidth, memory_bandwidth
+from vishwamai.analysis.cpu import CPU_SPEC_PATH, cpu_spec, measure_cpu_peak  # noqa: F401
 
 GiB = 2**30
 GB = 10**9
@@ -54,6 +50,8 @@ class Chip:
       compiler_hbm_bytes: the TPU compiler's allowance per chip (None: no compiler reading).
       link_bw, links: one-direction bytes/s of one ICI link, and links per chip (TPU).
       torus, wraparound, max_slice: '2D'/'3D'; when axes close into rings; largest slice shape.
+      wrap_at, max_slice_chips: the rule in numbers (3D: every axis a multiple of wrap_at; 2D:
+        an axis of length wrap_at is a ring) and the most chips one ICI slice holds.
       nvlink_bw, nvlink_domain: NVLink bytes/s per GPU (bidirectional, as stated) and GPUs
         per NVLink domain (GPU).
       scale_out_bw: data-centre network bytes/s per chip, one direction (DCN per TPU host /
@@ -76,6 +74,8 @@ class Chip:
     torus: str = ""
     wraparound: str = ""
     max_slice: str = ""
+    wrap_at: int | None = None
+    max_slice_chips: int | None = None
     nvlink_bw: float | None = None
     nvlink_domain: int | None = None
     scale_out_bw: float | None = None
@@ -127,7 +127,8 @@ HARDWARE: dict[str, Chip] = {
     "tpu_v4": Chip("tpu_v4", "google", bf16_flops=275 * T, int8_ops=275 * T, hbm_bytes=32 * GiB,
                    hbm_bw=1200 * GB, compiler_hbm_bytes=33_017_561_088, link_bw=45 * GB,
                    links=6, torus="3D", wraparound="slices of whole 4x4x4 cubes",
-                   max_slice="16x16x16", chips_per_host=4, cores_per_chip=2,
+                   max_slice="16x16x16", wrap_at=4, max_slice_chips=4096,
+                   chips_per_host=4, cores_per_chip=2,
                    source=f"{_TPU_V4}; ICI per link: {_BOOK}",
                    notes="Megacore: the 2 TensorCores act as one device."),
     # "197 TFLOPs" bf16, "393 TOPs" int8, "16 GB, 819 GBps", "ICI (per chip) 400 GBps",
@@ -137,6 +138,7 @@ HARDWARE: dict[str, Chip] = {
     "tpu_v5e": Chip("tpu_v5e", "google", bf16_flops=197 * T, int8_ops=393 * T, hbm_bytes=16 * GiB,
                     hbm_bw=819 * GB, compiler_hbm_bytes=16_911_433_728, link_bw=50 * GB, links=4,
                     torus="2D", wraparound="16-chip axes (full pod: 16x16)", max_slice="16x16",
+                    wrap_at=16, max_slice_chips=256,
                     scale_out_bw=2 * 100 * Gbit / 8, chips_per_host=8, source=_TPU_V5E,
                     notes="HBM '16 GB' on the page is 16 GiB (see compiler_hbm_bytes)."),
     # "459" bf16 and fp8 TFLOPs, int8 918 TOPs (Google Cloud v5p announcement), "HBM capacity
@@ -145,7 +147,8 @@ HARDWARE: dict[str, Chip] = {
     "tpu_v5p": Chip("tpu_v5p", "google", bf16_flops=459 * T, fp8_flops=459 * T, int8_ops=918 * T,
                     hbm_bytes=95 * GiB, hbm_bw=2765 * GB, compiler_hbm_bytes=102_800_042_229.76,
                     link_bw=100 * GB, links=6, torus="3D",
-                    wraparound="slices of whole 4x4x4 cubes", max_slice="16x16x24",
+                    wraparound="slices of whole 4x4x4 cubes", max_slice="16x16x24", wrap_at=4,
+                    max_slice_chips=6144,
                     scale_out_bw=50 * Gbit, chips_per_host=4, cores_per_chip=2, source=_TPU_V5P,
                     notes=("The compiler allows 95.74 GiB, above the page's rounded '95 GiB': "
                            "the chip carries 96 GiB of HBM2e (six 16 GiB stacks) and the "
@@ -156,7 +159,8 @@ HARDWARE: dict[str, Chip] = {
     "tpu_v6e": Chip("tpu_v6e", "google", bf16_flops=918 * T, int8_ops=1836 * T, hbm_bytes=32 * GiB,
                     hbm_bw=1638 * GB, compiler_hbm_bytes=33_554_432_000, link_bw=100 * GB,
                     links=4, torus="2D", wraparound="16-chip axes (full pod: 16x16)",
-                    max_slice="16x16", chips_per_host=8, source=_TPU_V6E,
+                    max_slice="16x16", wrap_at=16, max_slice_chips=256, chips_per_host=8,
+                    source=_TPU_V6E,
                     notes="Trillium. HBM '32 GB' on the page is 32 GiB."),
     # TPU7x page: "Peak compute per chip (BF16) 2307", "(FP8) 4614", "HBM capacity per chip
     # (GiB) 192", two TensorCores a chip, 9,216 chips a pod, 3D torus; HBM 7.37 TB/s and ICI
@@ -165,7 +169,8 @@ HARDWARE: dict[str, Chip] = {
     "tpu7x": Chip("tpu7x", "google", bf16_flops=2307 * T, fp8_flops=4614 * T,
                   hbm_bytes=192 * GiB, hbm_bw=7370 * GB, compiler_hbm_bytes=2 * 101_737_037_824,
                   link_bw=100 * GB, links=6, torus="3D", wraparound="slices of whole 4x4x4 cubes",
-                  max_slice="9,216-chip pod", chips_per_host=4, cores_per_chip=2,
+                  max_slice="9,216-chip pod", wrap_at=4, max_slice_chips=9216,
+                  chips_per_host=4, cores_per_chip=2,
                   source=f"{_TPU_7X}; blog.google Ironwood (HBM and ICI bandwidth)",
                   notes="Ironwood. Topologies 'tpu7x:AxBxC'; one JAX device per TensorCore."),
     # A100 80GB SXM datasheet: BF16 312 TFLOPS dense (624 sparse), INT8 624 TOPS dense, FP32
@@ -283,53 +288,6 @@ def detect_device(device=None) -> str:
     if not isinstance(device, str) and getattr(device, "platform", "") == "cpu":
         return "cpu"
     return _kind_to_name(kind) or "unknown"
-
-
-def measure_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
-    """Measured matmul FLOP/s of this host (jitted [n,n]@[n,n], median of `repeats`), cached
-    per process; `cpu_spec` shares it between chapters."""
-    return _measure_matmul(str(getattr(dtype, "name", dtype)), int(n), int(repeats))
-
-
-@functools.cache
-def _measure_matmul(dtype: str, n: int, repeats: int) -> float:
-    return matmul_peak(dtype, n, repeats)
-
-
-#: Where `cpu_spec` keeps its one measurement (env VISHWAMAI_CPU_SPEC overrides).
-CPU_SPEC_PATH = os.path.join(os.path.expanduser("~"), ".cache", "vishwamai", "cpu_spec.json")
-CPU_SPEC_MAX_AGE_S = 6 * 3600
-
-
-def cpu_spec(path: str | None = None, *, max_age_s: float = CPU_SPEC_MAX_AGE_S) -> dict:
-    """This CPU's one measurement, shared by every chapter of a build: matmul peak (FLOP/s),
-    streaming bandwidth (one jitted elementwise pass) and matvec bandwidth (the rate a decode
-    step's weight reads get), bytes/s.
-
-    The first call measures and writes `path` (default `CPU_SPEC_PATH`); later calls, in this
-    or another process, read it while it is younger than `max_age_s` and was taken on this
-    host, so two chapters never print two peaks.
-    """
-    path = path or os.environ.get("VISHWAMAI_CPU_SPEC") or CPU_SPEC_PATH
-    host = os.uname().nodename
-    try:
-        with open(path) as f:
-            spec = json.load(f)
-        if spec.get("host") == host and time.time() - spec.get("time", 0) < max_age_s:
-            return spec
-    except (OSError, ValueError):
-        pass
-    spec = {"peak_flops": measure_cpu_peak(), "stream_bw": memory_bandwidth(),
-            "matvec_bw": matvec_bandwidth(), "host": host, "time": time.time(),
-            "source": "measured: jitted float32 matmul / elementwise pass / matvec on this CPU"}
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(f"{path}.{os.getpid()}", "w") as f:
-            json.dump(spec, f)
-        os.replace(f"{path}.{os.getpid()}", path)
-    except OSError:
-        pass
-    return spec
 
 
 def _normalise_dtype(dtype) -> str:
