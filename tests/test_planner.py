@@ -152,3 +152,15 @@ def test_bad_mesh_inputs():
         axis_levels(get_chip("v6e"), Mesh(fsdp=8, slices=2))
     with pytest.raises(validate.InputError, match="data"):
         Mesh(data=0)
+
+
+@pytest.mark.parametrize("name, published", [("llama3_70b", 70_553_706_496),
+                                             ("llama3_1_405b", 405_853_388_800)])
+def test_big_models_count_their_published_parameters(name, published):
+    """The shipped Hugging Face configs give the published counts, both from the real tree
+    (jax.eval_shape: nothing allocated) and from the analytic count the planner uses."""
+    from vishwamai.analysis.params import count_params
+    from vishwamai.model import VishwamAI
+    cfg = hf(name)
+    assert VishwamAI(cfg).num_params() == published
+    assert count_params(cfg)["total"] == published
