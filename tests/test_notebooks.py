@@ -31,6 +31,7 @@ CI_PARAMETERS = {
     "06_serving.ipynb": {"preset": "tiny", "batches": [1], "prompt_len": 16, "contexts": [16],
                          "new_tokens": 8, "repeats": 2, "full_calculator": False},
     "appendix_errata.ipynb": {},
+    "appendix_hardware.ipynb": {},
 }
 
 
