@@ -175,6 +175,9 @@ def step(cfg, hardware: str | Chip, mesh, *, batch: int, seq_len: int, mfu: floa
         raise validate.InputError(f"microbatches={mb} does not divide {per_replica} sequences")
     if c.num_layers % m.pipeline:
         raise validate.InputError(f"pipeline={m.pipeline} does not divide {c.num_layers} layers")
+    if c.num_heads % m.tensor or c.mlp_dim % m.tensor:
+        raise validate.InputError(f"tensor={m.tensor} does not divide the {c.num_heads} heads "
+                                  f"and the MLP width {c.mlp_dim}")
     mem = memory(c, m, batch=batch, seq_len=seq_len, remat=remat, microbatches=mb,
                  attention=attention)
     budget = hbm_budget or chip.compiler_hbm_bytes or chip.hbm_bytes
@@ -268,3 +271,13 @@ def plan(cfg, hardware: str | Chip, chips: int, *, seq_len: int, batch: int | No
     return {"best": best["step"] if best else None, "candidates": cands, "chips": chips,
             "hardware": chip.name, "seq_len": seq_len, "batch": batch, "mfu_assumed": mfu,
             "overlap": overlap}
+
+
+def training_run(cfg, hardware: str | Chip, mesh, *, tokens: float, batch: int, seq_len: int,
+                 **kwargs) -> dict:
+    """A whole run of `tokens` training tokens: `step` plus steps, days and chip-hours."""
+    validate.in_range("tokens", tokens, 0, None, lo_open=True)
+    s = step(cfg, hardware, mesh, batch=batch, seq_len=seq_len, **kwargs)
+    steps = tokens / (batch * seq_len)
+    days = steps * s["step_s"] / 86400
+    return {**s, "steps": steps, "days": days, "chip_hours": days * 24 * s["mesh"].chips}
