@@ -65,7 +65,7 @@ def memory(c: ModelConfig, mesh: Mesh, *, batch: int, seq_len: int,
     t, f, pp = mesh.tensor, mesh.fsdp, mesh.pipeline
     params = ((p["total"] - p["norms"]) / (f * t * pp) + p["norms"] / pp)
     share = params / p["total"]
-    rows = batch // (mesh.replicas * microbatches)      # sequences per microbatch per chip
+    rows = -(-batch // (mesh.replicas * microbatches))  # sequences per microbatch per chip
     in_flight = min(pp, microbatches) if pp > 1 else 1
     act = activation_bytes(c, batch=rows, seq_len=seq_len, remat=remat, attention=attention,
                            loss="chunked", chunk_size=LOSS_CHUNK)
