@@ -18,8 +18,12 @@ GiB = 2**30
 
 
 def hf(name):
-    return ModelConfig.from_hf(json.loads(
-        (ROOT / "vishwamai" / "data" / "hf_configs" / f"{name}.json").read_text()))
+    """A preset in bf16, checked against its shipped Hugging Face config.json."""
+    cfg = get_preset(name).replace(dtype="bfloat16", param_dtype="bfloat16")
+    assert ModelConfig.from_hf(json.loads(
+        (ROOT / "vishwamai" / "data" / "hf_configs" / f"{name}.json").read_text())
+    ).replace(name=name) == cfg
+    return cfg
 
 
 def test_slice_shapes_are_the_published_ones():
