@@ -8,7 +8,10 @@ those copies cell by cell in a fresh kernel per chapter: a cell that raises fail
 (outputs are compared only in cells tagged `nbval-check-output`). Only the copies are collected
 (never an original chapter, nor a notebook outside `book/` such as a build's); with
 `--dist loadfile` all cells of one chapter run on one xdist worker, in order. The copies are
-made once, by the controlling process, and removed when the session ends.
+made once, by the controlling process, and removed when the session ends. When a chapter's
+last cell has run, its glued values are recorded (`tests/glue_values.record`, under
+`_build/glue/<tree>`) and checked against every page recorded for the same tree: one quantity,
+one value (a conflict fails that last cell's teardown; `tests/test_glue.py` reads the records).
 
 One chapter: `pytest --nbval-lax --nbval-current-env -n 0 book -k 01_configurations`.
 
@@ -64,6 +67,23 @@ def pytest_unconfigure(config):
     if _nbval(config) and _controller(config):
         for copy in BOOK.glob(PREFIX + "*.ipynb"):
             copy.unlink(missing_ok=True)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """After a chapter's last cell: record its glue and compare it with the other pages'."""
+    outputs = getattr(item, "test_outputs", None)
+    if outputs is None or not item.path.name.startswith(PREFIX):
+        return
+    cells = item.session.__dict__.setdefault("_chapter_outputs", {}).setdefault(item.path, [])
+    cells.append({"cell_type": "code", "outputs": list(outputs)})
+    if nextitem is not None and nextitem.path == item.path:
+        return
+    from tests.glue_values import conflicts, record
+    from tests.test_notebooks import GLUE_RECORDS
+
+    page = item.path.name.removeprefix(PREFIX).removesuffix(".ipynb")
+    pages = record(GLUE_RECORDS, page, {"cells": item.session._chapter_outputs.pop(item.path)})
+    assert not conflicts(pages), conflicts(pages)
 
 
 def pytest_ignore_collect(collection_path, config):

@@ -14,8 +14,10 @@ import papermill
 import pytest
 import yaml
 
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
+GLUE_RECORDS = ROOT / "_build" / "glue"      # each executed chapter's glue (root conftest.py)
 CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb") if not p.name.startswith("."))
 
 # Parameters that make each chapter CI-sized (2 CPU cores); a chapter not listed runs with its
@@ -32,6 +34,7 @@ CI_PARAMETERS = {
     "06_serving.ipynb": {"preset": "tiny", "batches": [1], "prompt_len": 16, "contexts": [16],
                          "new_tokens": 8, "repeats": 2, "full_calculator": False},
     "appendix_errata.ipynb": {},
+    "appendix_hardware.ipynb": {},
 }
 
 
