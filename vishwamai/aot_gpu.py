@@ -47,7 +47,7 @@ from vishwamai import aot as _aot
 from vishwamai import sharding as _sh
 from vishwamai import validate
 from vishwamai.kernels.target import compile_target
-from vishwamai.measure import CompiledStats
+from vishwamai.measure import CompiledStats, custom_calls
 
 #: Target name -> (spec file in vishwamai/data/gpu_targets, `analysis.hardware` key or None).
 TARGETS = {"h100": ("h100_sxm.txtpb", "h100"), "h200": ("h200.txtpb", "h200"),
@@ -67,7 +67,8 @@ _NOISE = ("cudart_stub.cc", "absl::InitializeLog", "Logging before InitGoogle")
 
 
 class CudaPluginMissingError(ImportError):
-    """JAX's CUDA plugin (the XLA:GPU compiler) is not installed here."""
+    """JAX's CUDA plugin (the XLA:GPU compiler) is not installed here, or JAX was started in a
+    way that keeps it from compiling (the message says which)."""
 
 
 # ============================================================================================
@@ -105,6 +106,10 @@ def _default_to_cpu() -> None:
 _default_to_cpu()
 
 
+def _platforms() -> str | None:
+    return jax.config.jax_platforms
+
+
 def have_cuda_plugin() -> bool:
     """True when JAX's CUDA plugin is installed."""
     return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
@@ -124,20 +129,19 @@ def versions() -> dict:
 
 
 def require_cuda_plugin() -> None:
-    """Raises `CudaPluginMissingError` (with the install command) when the plugin is missing,
-    and RuntimeError when JAX runs with a platform list that lets the plugin try to start."""
+    """Raises `CudaPluginMissingError` with the install command when the plugin is missing, or
+    with the setting to change when JAX runs with a platform list that starts CUDA here."""
     if not have_cuda_plugin():
         raise CudaPluginMissingError(
             "compiling for a GPU target needs JAX's CUDA plugin, which is not installed; "
             f'install it with: pip install "jax-cuda12-plugin=={jax.__version__}" '
             f'"jax-cuda12-pjrt=={jax.__version__}" nvidia-cuda-nvcc-cu12 nvidia-cudnn-cu12 '
             '(or pip install "vishwamai[aot-gpu]")')
-    platforms = [p.strip() for p in (jax.config.jax_platforms or "").split(",") if p.strip()]
+    platforms = [p.strip() for p in (_platforms() or "").split(",") if p.strip()]
     if not _nvidia_gpu_attached() and ("cpu" not in platforms or {"cuda", "gpu"} & set(platforms)):
-        raise RuntimeError(
+        raise CudaPluginMissingError(
             "compiling for a GPU that is not attached needs JAX to run without starting CUDA: "
-            f"JAX_PLATFORMS is {jax.config.jax_platforms!r}; set JAX_PLATFORMS=cpu before JAX "
-            "starts")
+            f"JAX_PLATFORMS is {_platforms()!r}; set JAX_PLATFORMS=cpu before JAX starts")
 
 
 @contextlib.contextmanager
@@ -277,7 +281,8 @@ def compile_for_target(config, target: str, *, layout: str, mode: str, batch_siz
       versions; for 'oom' also needed_bytes and needed_for.
 
     Raises:
-      CudaPluginMissingError: the plugin is not installed.
+      CudaPluginMissingError: the plugin is not installed (or cannot start, see
+        `require_cuda_plugin`).
       InputError / ValueError: a bad target, server shape, layout, mode or size.
     """
     _check_target(target)
@@ -319,7 +324,7 @@ def compile_for_target(config, target: str, *, layout: str, mode: str, batch_siz
     row["compile_s"] = time.perf_counter() - t0
     stats = CompiledStats.of(compiled, hlo=True)
     text = compiled.as_text() or ""
-    calls = _aot._custom_calls(text)
+    calls = custom_calls(text)
     row.update(peak_bytes_per_chip=stats.peak_bytes, argument_bytes=stats.argument_bytes,
                output_bytes=stats.output_bytes, alias_bytes=stats.alias_bytes,
                temp_bytes=stats.temp_bytes, flops_per_chip=stats.flops,
