@@ -98,7 +98,8 @@ def test_the_readers_on_a_written_line():
     [g] = cublas_gemms(text)
     assert g == {"target": "__cublas$lt$matmul$f8", "fp8": True, "lhs": "f8e4m3fn[256,512]",
                  "rhs": "f8e4m3fn[512,384]", "scales": ["f32[]", "f32[]"],
-                 "result": "f32[256,384]", "workspace_bytes": 4194304}
+                 "scale_values": ["1", "1"], "result": "f32[256,384]",
+                 "workspace_bytes": 4194304}
     assert cudnn_attention(text) == []
 
 
@@ -176,6 +177,11 @@ def test_fp8_gemm_is_cublaslt_fp8_forward_and_backward(kernels, scaling):
     # forward e4m3 x e4m3; backward dY in e5m2 against the forward's e4m3 operands
     assert ops == [("f8e4m3fn", "f8e4m3fn"), ("f8e4m3fn", "f8e5m2"), ("f8e5m2", "f8e4m3fn")]
     assert all(g["result"].startswith("f32") and len(g["scales"]) == 2 for g in gemms)
+    # per tensor, XLA moves the first scalar scale into cuBLASLt's a-scale operand (computed in
+    # the program; the other multiplies the f32 result); per row the scales are vectors,
+    # applied to the f32 result after the call, and cuBLASLt's scale operands are constants 1
+    expect = [None, "1"] if scaling == "tensor" else ["1", "1"]
+    assert all(g["scale_values"] == expect for g in gemms)
 
 
 @needs_plugin

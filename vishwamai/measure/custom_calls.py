@@ -15,6 +15,7 @@ _TARGET_RE = re.compile(r'custom_call_target="([^"]+)"')
 _DEF_RE = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\w+\[[\d,]*\])")
 _CALL_RE = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (\(.*?\)|\w+\[[\d,]*\])\S* custom-call\(([^)]*)\)")
 _ARRAY_RE = re.compile(r"\w+\[[\d,]*\]")
+_CONST_RE = re.compile(r"^\s*(%[\w.\-]+) = \w+\[\]\S* constant\(([^)]*)\)")
 
 
 def custom_calls(hlo_text: str) -> dict:
@@ -26,11 +27,14 @@ def custom_calls(hlo_text: str) -> dict:
 
 
 def _calls(hlo_text: str, prefix: str):
-    defs = {}
+    defs, consts = {}, {}
     for line in hlo_text.splitlines():
         m = _DEF_RE.match(line)
         if m:
             defs[m.group(1)] = m.group(2)
+        c = _CONST_RE.match(line)
+        if c:
+            consts[c.group(1)] = c.group(2)
     for line in hlo_text.splitlines():
         t = _TARGET_RE.search(line)
         if not t or not t.group(1).startswith(prefix):
@@ -39,7 +43,8 @@ def _calls(hlo_text: str, prefix: str):
         result, operands = (m.group(1), m.group(2)) if m else ("", "")
         names = [o.strip().split(" ")[-1] for o in re.sub(r"/\*[^*]*\*/", "", operands).split(",")
                  if o.strip()]
-        yield t.group(1), line, _ARRAY_RE.findall(result), [defs.get(n, n) for n in names]
+        yield (t.group(1), line, _ARRAY_RE.findall(result), [defs.get(n, n) for n in names],
+               [consts.get(n) for n in names])
 
 
 def _field(line: str, name: str):
@@ -60,7 +65,7 @@ def cudnn_attention(hlo_text: str) -> list[dict]:
     `workspace_bytes` is what the backend config states, 0 when XLA did not build the cuDNN
     graph, as in a compilation without a GPU)."""
     out = []
-    for target, line, results, ops in _calls(hlo_text, "__cudnn$fmha"):
+    for target, line, results, ops, _ in _calls(hlo_text, "__cudnn$fmha"):
         ws = _field(line, "workspace_size")
         out.append({"target": target, "flash": _field(line, "is_flash_attention") == "true",
                     "mask_type": _field(line, "mask_type"),
@@ -71,13 +76,15 @@ def cudnn_attention(hlo_text: str) -> list[dict]:
 
 
 def cublas_gemms(hlo_text: str) -> list[dict]:
-    """Every cuBLAS / cuBLASLt GEMM call: `{'target', 'fp8', 'lhs', 'rhs', 'scales', 'result',
-    'workspace_bytes'}`; `scales` are the operands after the two matrices (an fp8 call's a and b
-    scales), `workspace_bytes` the workspace XLA reserves for the call."""
+    """Every cuBLAS / cuBLASLt GEMM call: `{'target', 'fp8', 'lhs', 'rhs', 'scales',
+    'scale_values', 'result', 'workspace_bytes'}`; `scales` are the types of the operands after
+    the two matrices (an fp8 call's a and b scales), `scale_values` their values where they are
+    constants (else None), `workspace_bytes` the workspace XLA reserves for the call."""
     out = []
-    for target, line, results, ops in _calls(hlo_text, "__cublas$"):
+    for target, line, results, ops, consts in _calls(hlo_text, "__cublas$"):
         out.append({"target": target, "fp8": target.endswith("$f8"),
                     "lhs": ops[0] if ops else None, "rhs": ops[1] if len(ops) > 1 else None,
-                    "scales": ops[2:], "result": results[0] if results else None,
+                    "scales": ops[2:], "scale_values": consts[2:],
+                    "result": results[0] if results else None,
                     "workspace_bytes": _workspace(results)})
     return out
