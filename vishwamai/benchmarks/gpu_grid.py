@@ -96,6 +96,9 @@ def grid_points() -> list[dict]:
         ("llama2_7b", "tensor", "decode", 16, 4096, {}),
         ("large", "data", "decode", 32, 2048, {}),
         ("llama2_7b", "data", "decode", 8, 4096, {}),
+        # replicated states and caches near or past a GPU's memory
+        ("xxl", "data", "train", 8, TRAIN_SEQ, full),
+        ("llama2_7b", "data", "decode", 128, 4096, {}),
     ]
     for preset, layout, mode, batch, seq, kw in per_target:
         for target in aot_gpu.TARGETS:
