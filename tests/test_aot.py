@@ -64,7 +64,7 @@ def test_parse_oom_message():
 
 
 def test_missing_libtpu_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(aot, "have_libtpu", lambda: False)
+    monkeypatch.setattr(aot.topology, "have_libtpu", lambda: False)  # looked up there
     with pytest.raises(aot.LibtpuMissingError, match=rf'pip install "jax\[tpu\]=={jax.__version__}"'):
         aot.compile_for_topology("tiny", "v5e:2x2", layout="fsdp", mode="train", batch_size=8,
                                  seq_len=128)

@@ -159,9 +159,12 @@ def test_every_preset_parameter_tree(name):
 
 
 def test_published_counts_cover_the_public_presets():
-    assert set(PUBLISHED_PARAMS) == {"gpt2", "llama2_7b", "llama3_8b", "tinyllama_1_1b"}
+    assert set(PUBLISHED_PARAMS) == {"gpt2", "llama2_7b", "llama3_8b", "llama3_70b",
+                                     "llama3_1_405b", "tinyllama_1_1b"}
     assert PUBLISHED_PARAMS == {"gpt2": 124_439_808, "llama2_7b": 6_738_415_616,
-                                "llama3_8b": 8_030_261_248, "tinyllama_1_1b": 1_100_048_384}
+                                "llama3_8b": 8_030_261_248, "llama3_70b": 70_553_706_496,
+                                "llama3_1_405b": 405_853_388_800,
+                                "tinyllama_1_1b": 1_100_048_384}
 
 
 # ---------------------------------------------------------------- Hugging Face configs
@@ -237,7 +240,8 @@ def test_hf_configs_of_the_public_presets_equal_the_presets():
             "mlp_dim", "max_seq_len", "mlp_activation", "norm", "norm_eps", "position",
             "rope_theta", "tie_embeddings", "use_bias")
     for hf_name, preset in (("gpt2", "gpt2"), ("llama2_7b", "llama2_7b"),
-                            ("tinyllama_1_1b", "tinyllama_1_1b")):
+                            ("tinyllama_1_1b", "tinyllama_1_1b"), ("llama3_70b", "llama3_70b"),
+                            ("llama3_1_405b", "llama3_1_405b")):
         cfg = ModelConfig.from_hf(hf_config(hf_name))
         assert [getattr(cfg, f) for f in arch] == [getattr(PRESETS[preset], f) for f in arch]
 

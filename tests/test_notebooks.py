@@ -13,8 +13,11 @@ import papermill
 import pytest
 import yaml
 
+from tests.glue_values import conflicts, record
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
+GLUE_RECORDS = ROOT / "_build" / "glue"
 CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb") if not p.name.startswith("."))
 
 # Parameters that make each chapter CI-sized (2 CPU cores); a chapter not listed runs with its
@@ -31,6 +34,7 @@ CI_PARAMETERS = {
     "06_serving.ipynb": {"preset": "tiny", "batches": [1], "prompt_len": 16, "contexts": [16],
                          "new_tokens": 8, "repeats": 2, "full_calculator": False},
     "appendix_errata.ipynb": {},
+    "appendix_hardware.ipynb": {},
 }
 
 
@@ -108,3 +112,7 @@ def test_chapter_executes_with_ci_parameters(name, tmp_path, monkeypatch):
     assert len(injected) == (1 if CI_PARAMETERS.get(name) else 0)
     produced = sum(len(c.get("outputs", [])) for c in nb["cells"] if c["cell_type"] == "code")
     assert produced > 0, "the chapter printed nothing"
+    # One quantity, one value: this page's glue against every page executed before it (in this
+    # run or an earlier one of this tree); tests/test_glue.py reads the same records.
+    pages = record(GLUE_RECORDS, name.removesuffix(".ipynb"), nb)
+    assert not conflicts(pages), conflicts(pages)

@@ -2,7 +2,9 @@
 
 `CompiledStats.of(compiled)` reads `cost_analysis()` (FLOPs, bytes accessed),
 `memory_analysis()` (argument / output / alias / temporary bytes) and, from the compiled HLO
-text, the collectives the program runs. It absorbs the version quirks once: `cost_analysis()`
+text, the collectives the program runs and the whole-step figures (`step`: FLOPs, bytes,
+collectives and the TPU compiler's estimated cycles with every `while` iteration counted,
+`measure.hlo_cost.step_figures`; `cost_analysis()` counts a loop body once). It absorbs the version quirks once: `cost_analysis()`
 is a dict in current JAX and a list with one dict per executable in older releases (summed);
 `memory_analysis()` may be None on a backend that does not implement it (bytes are then NaN).
 
@@ -17,6 +19,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from vishwamai.measure.hlo_cost import step_figures
 
 COLLECTIVE_KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
                     "collective-permute")
@@ -73,7 +77,10 @@ class CompiledStats:
       bytes_accessed: `cost_analysis()['bytes accessed']`.
       argument_bytes, output_bytes, alias_bytes, temp_bytes, code_bytes: `memory_analysis()`
         (NaN where the backend has none).
-      collectives: `{kind: {'count', 'bytes'}}` from the compiled HLO (empty when not read).
+      collectives: `{kind: {'count', 'bytes'}}` from the compiled HLO (empty when not read):
+        every collective instruction of the text once (a loop body's once; XLA:TPU's async
+        collectives in each of their fusions).
+      step: whole-step figures, `step_figures` (empty when the HLO is not read).
     """
 
     flops: float
@@ -84,6 +91,7 @@ class CompiledStats:
     temp_bytes: float
     code_bytes: float = math.nan
     collectives: dict = dataclasses.field(default_factory=dict)
+    step: dict = dataclasses.field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> float:
@@ -92,13 +100,15 @@ class CompiledStats:
 
     @classmethod
     def of(cls, compiled, *, hlo: bool = False) -> "CompiledStats":
-        """Reads `compiled` (a `jax.stages.Compiled`); `hlo=True` also parses its collectives."""
+        """Reads `compiled` (a `jax.stages.Compiled`); `hlo=True` also parses its HLO
+        (collectives and the whole-step figures)."""
         ca = cost_analysis(compiled)
         ma = compiled.memory_analysis()
 
         def mem(name):
             return float(getattr(ma, name)) if ma is not None and hasattr(ma, name) else math.nan
 
+        text = (compiled.as_text() or "") if hlo else ""
         return cls(
             flops=float(ca.get("flops", math.nan)),
             bytes_accessed=float(ca.get("bytes accessed", math.nan)),
@@ -107,7 +117,8 @@ class CompiledStats:
             alias_bytes=mem("alias_size_in_bytes"),
             temp_bytes=mem("temp_size_in_bytes"),
             code_bytes=mem("generated_code_size_in_bytes"),
-            collectives=collectives(compiled.as_text() or "") if hlo else {},
+            collectives=collectives(text) if hlo else {},
+            step=step_figures(text, ca) if hlo and text else {},
         )
 
     def memory(self) -> dict:

@@ -1,0 +1,137 @@
+"""The pure functions `VishwamAI`'s methods build on: the next-token loss (`cross_entropy`,
+`target_masks` with `ignore_index`), sampling from logits (temperature, top-k, top-p), and the
+checks of generation's inputs (sampling parameters, attention masks, token ids) and of a KV
+cache's fill.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vishwamai import validate
+
+
+def cross_entropy(logits_BTV, targets_BT, mask_BT=None, *, ignore_index: int | None = None):
+    """Mean next-token cross-entropy in f32 over the counted positions.
+
+    Args:
+      logits_BTV: `[B, T, V]` logits.
+      targets_BT: `[B, T]` int ids in [0, V), or `ignore_index` where a position is not scored.
+      mask_BT: optional `[B, T]` weights (1 = count the position, 0 = ignore).
+      ignore_index: a target value that marks a position as not scored (Hugging Face and torch
+        use -100): it is left out of the sum and of the count of positions.
+    Returns:
+      `sum(nll * weight) / max(sum(weight), 1)`, weight = mask and not ignored.
+
+    Concrete targets outside [0, V) (other than `ignore_index`) raise `InputError`; under jit,
+    where their values are unknown, such a target makes the loss NaN.
+    """
+    V = logits_BTV.shape[-1]
+    targets_BT = jnp.asarray(targets_BT)
+    validate.token_ids("targets", targets_BT, V, ignore_index=ignore_index)
+    keep_BT, safe_BT, bad_BT = target_masks(targets_BT, V, ignore_index)
+    logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    nll_BT = -jnp.take_along_axis(logp, safe_BT[..., None], axis=-1)[..., 0]
+    w_BT = keep_BT.astype(jnp.float32)
+    if mask_BT is not None:
+        w_BT = w_BT * jnp.asarray(mask_BT, jnp.float32)
+    loss = jnp.sum(nll_BT * w_BT) / jnp.maximum(jnp.sum(w_BT), 1.0)
+    return jnp.where(jnp.any(bad_BT), jnp.nan, loss)
+
+
+def target_masks(targets_BT, vocab_size: int, ignore_index: int | None = None):
+    """`(keep, safe, bad)` for a target array: `keep` False at `ignore_index`, `safe` the ids
+    with every unusable one replaced by 0 (so a gather never reads another row), `bad` True at
+    ids outside [0, vocab_size) that are not `ignore_index` (the caller makes the loss NaN)."""
+    ignored = (jnp.zeros(targets_BT.shape, bool) if ignore_index is None
+               else targets_BT == ignore_index)
+    bad = ((targets_BT < 0) | (targets_BT >= vocab_size)) & ~ignored
+    safe = jnp.where(ignored | bad, 0, targets_BT).astype(jnp.int32)
+    return ~ignored, safe, bad
+
+
+def sample_logits(logits_BV, rng, *, temperature: float = 0.0, top_k: int | None = None,
+                  top_p: float | None = None):
+    """Picks one token per row: greedy at temperature 0, else sampled after top-k / top-p.
+
+    Args:
+      logits_BV: `[B, V]` next-token logits.
+      temperature: 0 for argmax; > 0 divides the logits.
+      top_k: keep the k most likely tokens (None: all).
+      top_p: keep the smallest set whose probability reaches p (nucleus; None: all).
+    Returns:
+      `[B]` int32 token ids.
+    """
+    logits_BV = logits_BV.astype(jnp.float32)
+    if temperature == 0.0:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    logits_BV = logits_BV / temperature
+    if top_k is not None:
+        kth = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+        logits_BV = jnp.where(logits_BV < kth, -jnp.inf, logits_BV)
+    if top_p is not None:
+        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+        cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
+        # Keep token i while the mass strictly before it is < p (the top token always stays).
+        keep_BV = (cum_BV - jax.nn.softmax(sorted_BV, axis=-1)) < top_p
+        cutoff_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+        logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+    return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+def _check_sampling(temperature, top_k, top_p, vocab_size):
+    validate.non_negative("temperature", temperature)
+    if top_k is not None:
+        validate.integer("top_k", top_k, lo=1, hi=vocab_size)
+    if top_p is not None:
+        validate.probability("top_p", top_p)
+
+
+def _check_mask(attention_mask, shape, *, left_padded: bool):
+    """`attention_mask` (1 = token, 0 = padding) as a bool numpy `[B, T]`, checked."""
+    mask = np.asarray(attention_mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"attention_mask must have the prompt's shape [B, T]={list(shape)}; got "
+                         f"{list(mask.shape)}")
+    if mask.dtype != np.bool_:
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        mask = mask.astype(bool)
+    if not mask.any(axis=1).all():
+        raise ValueError(f"attention_mask rows {np.flatnonzero(~mask.any(axis=1)).tolist()} "
+                         "hold no token")
+    if left_padded and (np.diff(mask.astype(np.int8), axis=1) < 0).any():
+        raise ValueError("attention_mask must be left-padded (each row: zeros, then ones); "
+                         f"rows {np.flatnonzero((np.diff(mask.astype(np.int8), axis=1) < 0).any(axis=1)).tolist()} are not")
+    return mask
+
+
+def _mask_positions(mask_BT):
+    """Positions that start at 0 at each row's first token (0 on the padding before it)."""
+    return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def _check_token_id(name, value, vocab_size, *, allow_many: bool = False):
+    values = value if (allow_many and isinstance(value, (list, tuple))) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < vocab_size:
+            kind = "an int or a list of ints" if allow_many else "an int"
+            raise ValueError(f"{name} must be {kind} in [0, {vocab_size}); got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def _cache_fill(cache):
+    """(positions filled, capacity S) of a KV cache made by `init_cache`; (None, None) if it
+    has no such entries."""
+    used = cache.get("position") if isinstance(cache, Mapping) else None
+    capacity = None
+    for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+        if getattr(path[-1], "key", None) == "cached_key":
+            capacity = leaf.shape[-3]          # [B, S, K, H], or [L, B, S, K, H] scanned
+            break
+    if used is None or capacity is None:
+        return None, None
+    return used, capacity
