@@ -49,9 +49,9 @@ from vishwamai import validate
 from vishwamai.kernels.target import compile_target
 from vishwamai.measure import CompiledStats, custom_calls
 
-#: Target name -> (spec file in vishwamai/data/gpu_targets, `analysis.hardware` key or None).
+#: Target name -> (spec file in vishwamai/data/gpu_targets, `analysis.hardware` key).
 TARGETS = {"h100": ("h100_sxm.txtpb", "h100"), "h200": ("h200.txtpb", "h200"),
-           "b200": ("b200.txtpb", None)}
+           "b200": ("b200.txtpb", "b200")}
 #: The share of device memory JAX's GPU client preallocates for XLA (its default
 #: `XLA_PYTHON_CLIENT_MEM_FRACTION`): the bytes a program may use at run time.
 MEM_FRACTION = 0.75
