@@ -28,6 +28,7 @@ TIERS = (
     ("analysis", "train"),
     ("verify", "sharding", "profiler"),
     ("aot", "distributed"),
+    ("aot_gpu",),
     ("benchmarks",),
     ("bench",),
 )
