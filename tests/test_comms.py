@@ -63,7 +63,7 @@ def test_comm_time_and_critical_batch():
     dcn = comms.link_bandwidth("v5e", "dcn")
     assert dcn == pytest.approx(25e9 / 8, rel=REL)
     with pytest.raises(ValueError, match="DCN"):
-        comms.link_bandwidth("v5p", "dcn")
+        comms.link_bandwidth("v6e", "dcn")
     with pytest.raises(ValueError, match="layout"):
         comms.collective_bytes("tiny", "pipeline", n=2, batch=2, seq_len=8)
 

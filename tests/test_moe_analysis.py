@@ -4,7 +4,8 @@ import pytest
 
 from vishwamai import verify
 from vishwamai.analysis.flops import flops
-from vishwamai.analysis.moe import (all_to_all_bytes, capacity_slots, ffn_flops_per_token,
+from vishwamai.analysis.moe import (all_to_all_bytes, all_to_all_time, capacity_slots,
+                                    ffn_flops_per_token,
                                     imbalance, moe_flops_per_token, moe_memory, moe_params)
 from vishwamai.config import get_preset
 from vishwamai.validate import InputError
@@ -124,3 +125,26 @@ def test_deepseek_v3_active_parameters():
 
     n = deepseek_v3_flops_per_token(4096)["active_matmul_params"]
     assert 36.0e9 < n + 129280 * 7168 < 38.0e9
+
+
+def test_all_to_all_time_by_tier_uses_the_planners_network():
+    """On eight H100s in one NVLink domain all the all-to-all traffic rides NVLink; on sixteen it
+    splits between NVLink (7/16 of a chip's bytes) and InfiniBand (1/2), each at the
+    planner's per-chip bandwidth (`network.axis_levels`)."""
+    from vishwamai.analysis.hardware import get_chip
+    from vishwamai.analysis.network import Mesh, axis_levels
+
+    c = get_preset("mixtral_8x7b").replace(dtype="bfloat16")
+    array = 4096 * 2 * 4096 * 2
+    count = 4 * 32
+    t8 = amoe_time = all_to_all_time(c, "h100", tokens_per_device=4096, expert_parallel=8)
+    (nv,) = axis_levels(get_chip("h100"), Mesh(data=8))["data"]
+    assert set(t8["per_tier"]) == {"nvlink"}
+    assert t8["seconds"] == pytest.approx(count * array * 7 / 8 / nv.bandwidth)
+    t16 = all_to_all_time(c, "h100", tokens_per_device=4096, expert_parallel=16)
+    lv = axis_levels(get_chip("h100"), Mesh(data=16))["data"]
+    assert [x.tier for x in lv] == ["nvlink", "ib"]
+    assert t16["per_tier"]["ib"] == pytest.approx(count * array * 0.5 / lv[1].bandwidth)
+    assert t16["per_tier"]["nvlink"] == pytest.approx(count * array * 7 / 16 / lv[0].bandwidth)
+    assert t16["bytes_per_step"] == pytest.approx(count * array * 15 / 16)
+    assert amoe_time["seconds"] < t16["seconds"]

@@ -7,8 +7,9 @@ import re
 import jax
 import pytest
 
-from vishwamai.analysis import calculator, published, serving
-from vishwamai.analysis.roofline import plan, roofline, step_roofline
+from vishwamai.analysis import calculator, planner, published, serving
+from vishwamai.analysis.network import Mesh
+from vishwamai.analysis.roofline import roofline, step_roofline
 from vishwamai.analysis.hardware import get_chip
 from vishwamai.analysis.params import count_params
 from vishwamai.config import get_preset
@@ -109,26 +110,55 @@ def test_published_results_reproduce_under_their_convention(entry):
     assert abs(r["ratio"][other] - 1) > 0.08       # the other convention does not agree
 
 
+def _embedded(html):
+    return json.loads(re.search(r'<script type="application/json" id="([^"]+)">(.*?)</script>',
+                                html, re.S).group(2))
+
+
 def test_calculator_grid_rows_and_widget_json():
-    grid = {"preset": ("llama3_8b",), "hardware": ("h100", "tpu_v5p"), "chips": (8,),
+    grid = {"preset": ("llama3_8b",), "hardware": ("h100", "tpu_v5p"), "chips": (8, 64),
             "batch_per_chip": (1,), "seq_len": (8192,)}
     rows = calculator.calculator_grid(grid)
-    assert len(rows) == 2 * 3 * 2
+    assert len(rows) == 2 * 2 * 3 * 2
     json.dumps(rows)
     row = next(r for r in rows if r["hardware"] == "h100" and r["layout"] == "fsdp"
-               and r["remat"] == "full")
+               and r["remat"] == "full" and r["chips"] == 8)
     cfg = get_preset("llama3_8b").replace(dtype="bfloat16", param_dtype="bfloat16")
-    p = plan(cfg, "h100", 8, batch=8, seq_len=8192, remat="full", sharding="fsdp",
-                      attention="flash")
-    assert row["total_gib"] == pytest.approx(p["per_chip"]["total"] / 2**30, abs=2e-3)
-    assert row["fits"] is bool(p["fits"])
+    s = planner.step(cfg, "h100", Mesh(fsdp=8), batch=8, seq_len=8192, remat="full",
+                     mfu=calculator.MFU, overlap=calculator.OVERLAP)
+    assert row["total_gib"] == pytest.approx(s["memory"]["total"] / 2**30, abs=2e-3)
+    assert row["fits"] is bool(s["fits"]) and row["network"] == "nvlink"
+    nofit = [r for r in rows if not r["fits"] and "invalid" not in r]
+    assert nofit and all("tokens_per_s_per_chip" not in r and r["lacks_gib"] > 0 for r in nofit)
+    assert any("invalid" in r for r in rows if r["layout"] == "tensor" and r["chips"] == 64)
     html = calculator.calculator_html(rows)
-    embedded = json.loads(re.search(r'<script type="application/json" id="([^"]+)">(.*?)</script>',
-                                    html, re.S).group(2))
-    assert embedded["rows"] == rows
+    assert _embedded(html)["rows"] == rows
     assert "http" not in re.sub(r"<!--.*?-->", "", html)    # nothing fetched from a network
     with pytest.raises(ValueError, match="grid axes"):
         calculator.calculator_grid({"gpus": (8,)})
+
+
+def test_calculator_equals_the_worked_sizing():
+    """Chapter 6's worked sizing (`calculator.SIZING`, the inputs its cell reads) and the
+    calculator's embedded row at the same inputs say the same: memory, fit, times, tokens/s."""
+    S = calculator.SIZING
+    grid = {k: (S[k],) for k in ("preset", "chips", "layout", "batch_per_chip", "seq_len",
+                                 "remat")}
+    rows = _embedded(calculator.calculator_html(
+        calculator.calculator_grid({**grid, "hardware": S["hardware"]})))["rows"]
+    cfg = get_preset(S["preset"]).replace(dtype="bfloat16", param_dtype="bfloat16")
+    for hw in S["hardware"]:
+        run = planner.training_run(cfg, hw, Mesh(**{S["layout"]: S["chips"]}),
+                                   tokens=S["tokens"], batch=S["chips"] * S["batch_per_chip"],
+                                   seq_len=S["seq_len"], mfu=calculator.MFU,
+                                   overlap=calculator.OVERLAP, remat=S["remat"])
+        (row,) = [r for r in rows if r["hardware"] == hw]
+        assert row["fits"] is True and run["fits"]
+        assert row["total_gib"] == pytest.approx(run["memory"]["total"] / 2**30, abs=1e-3)
+        for k in ("compute_s", "comm_s", "step_s"):
+            assert row[k] == pytest.approx(run[k], abs=1e-6), k
+        assert row["tokens_per_s_per_chip"] == pytest.approx(run["tokens_per_s_per_chip"], abs=0.1)
+        assert row["mfu_assumed"] == calculator.MFU and row["overlap"] == calculator.OVERLAP
 
 
 def test_published_entry_names_what_it_compares():

@@ -15,6 +15,7 @@ from vishwamai.analysis.hardware import (HARDWARE, Chip, detect_device, get_chip
 from vishwamai.analysis.memory import (activation_bytes, attention_scores_bytes,  # noqa: F401
                                        kv_cache_bytes, logits_bytes, memory, optimizer_bytes,
                                        saved_per_layer)
+from vishwamai.analysis.network import Mesh  # noqa: F401
 from vishwamai.analysis.params import COMPONENTS, count_params, param_bytes  # noqa: F401
 from vishwamai.analysis.roofline import (hbm_traffic, min_chips, plan, roofline,  # noqa: F401
                                          step_roofline, tokens_per_second)

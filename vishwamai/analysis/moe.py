@@ -197,3 +197,38 @@ def imbalance(tokens_per_expert) -> float:
 
     t = np.asarray(tokens_per_expert, dtype=np.float64)
     return float(t.max(-1).mean() / t.mean()) if t.size and t.mean() > 0 else 1.0
+
+
+def all_to_all_time(cfg: ModelConfig | str, hardware, *, tokens_per_device: int,
+                    expert_parallel: int, mode: str = "train") -> dict:
+    """Seconds per step of the expert-parallel all-to-alls on `hardware`, per network tier.
+
+    The `expert_parallel` chips are laid out as the planner lays a mesh axis
+    (`vishwamai.analysis.network.axis_levels`, the axis in the data position): on a TPU slice
+    over ICI rings, on GPUs inside the NVLink domain first and over InfiniBand beyond it. A
+    uniform router sends each chip's assignments to all ep chips alike, so the share of a chip's
+    bytes that crosses a level is the share of its destinations outside the groups below: with
+    levels of n_1 (inner) and n_2 chips, (n_1 - 1) / (n_1 n_2) on the first and (n_2 - 1) / n_2
+    on the second. Each level's bytes go at its per-chip bandwidth (one direction), levels one
+    after another.
+
+    Returns:
+      dict: seconds (per step), per_tier ({tier: seconds}), bytes_per_step (one chip sends).
+    """
+    from vishwamai.analysis.hardware import get_chip
+    from vishwamai.analysis.network import Mesh, axis_levels
+
+    c = as_config(cfg)
+    ep = validate.positive_int("expert_parallel", expert_parallel)
+    a = all_to_all_bytes(c, tokens_per_device=tokens_per_device, expert_parallel=1, mode=mode)
+    array = tokens_per_device * c.num_experts_per_tok * c.hidden_dim * bytes_per(c.dtype)
+    levels = axis_levels(get_chip(hardware), Mesh(data=ep))["data"] if ep > 1 else []
+    per_tier, inner, total = {}, 1, 0
+    for lv in levels:
+        outer = inner * lv.n
+        share = (lv.n - 1) * inner / ep           # destinations in this level's group, not below
+        t = a["count"] * array * share / lv.bandwidth
+        per_tier[lv.tier] = per_tier.get(lv.tier, 0.0) + t
+        total += a["count"] * array * share
+        inner = outer
+    return {"seconds": sum(per_tier.values()), "per_tier": per_tier, "bytes_per_step": total}

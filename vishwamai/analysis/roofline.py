@@ -150,7 +150,7 @@ def _per_chip_batch(batch: int, ways: int) -> int:
 
 def plan(cfg: ModelConfig | str, hardware: str | Chip, chips: int, *, batch: int,
          seq_len: int, mode: str = "train", remat: str | None = None,
-         sharding: str = "fsdp", optimizer: str = "adamw", loss: str = "full",
+         sharding: str = "fsdp", optimizer: str = "adamw", loss: str = "chunked",
          attention: str | None = None, cache_len: int | None = None,
          headroom: float = 1.0) -> dict:
     """Bytes per chip for training or serving on `chips` chips, and whether they fit.
@@ -167,7 +167,12 @@ def plan(cfg: ModelConfig | str, hardware: str | Chip, chips: int, *, batch: int
         optimizer state split over chips, batch split; one layer's weights gathered at a
         time), 'tensor' (weights and state split; batch not split; head/MLP-width activations
         and the KV cache split, the residual stream replicated).
-      remat, optimizer, loss, attention: see `vishwamai.analysis.memory`.
+      remat, optimizer, loss, attention: see `vishwamai.analysis.memory`. The loss defaults
+        to the package's chunked loss: training memory then comes from
+        `vishwamai.analysis.planner.memory` (its `loss_head` and `gather` counted in
+        'workspace'); loss='full' keeps the full-vocabulary recipe. The optimizer defaults to
+        mixed-precision AdamW (f32 moments and master weights); 'adamw_param_dtype' is the
+        package's own (moments in the weights' dtype).
       headroom: fraction of HBM usable, in (0, 1] (1.0: all of it).
 
     Returns:
@@ -202,7 +207,15 @@ def plan(cfg: ModelConfig | str, hardware: str | Chip, chips: int, *, batch: int
         whole = d["residual"] + d["tokens"]
         return whole + (d["total"] - whole) / chips
 
-    if mode == "train":
+    if mode == "train" and loss == "chunked":
+        from vishwamai.analysis.network import Mesh
+        from vishwamai.analysis.planner import memory as planner_memory
+        m = planner_memory(c, Mesh(**{sharding: chips}), batch=batch, seq_len=seq_len,
+                           remat=c.remat if remat is None else remat,
+                           attention=attention or "flash", optimizer=optimizer)
+        per.update({k: m[k] for k in ("params", "grads", "optimizer", "activations")},
+                   workspace=m["workspace"] + m["loss_head"] + m["gather"])
+    elif mode == "train":
         per["grads"] = n * pb / ways
         per["optimizer"] = optimizer_bytes(c, optimizer)["total"] / ways
         act = activation_bytes(c, batch=b_chip, seq_len=seq_len, remat=remat,

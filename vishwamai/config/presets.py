@@ -53,6 +53,21 @@ PRESETS: dict[str, ModelConfig] = {
     "llama3_8b": _llama("llama3_8b", vocab_size=128256, num_layers=32, num_heads=32,
                         num_kv_heads=8, head_dim=128, hidden_dim=4096, mlp_dim=14336,
                         max_seq_len=8192, rope_theta=500_000.0),
+    # Llama-3-70B (Meta 2024; HF `meta-llama/Meta-Llama-3-70B`): 70,553,706,496.
+    "llama3_70b": _llama("llama3_70b", vocab_size=128256, num_layers=80, num_heads=64,
+                         num_kv_heads=8, head_dim=128, hidden_dim=8192, mlp_dim=28672,
+                         max_seq_len=8192, rope_theta=500_000.0),
+    # Llama-3.1-405B (Meta 2024; HF `meta-llama/Llama-3.1-405B`): 405,853,388,800. Context
+    # 131,072 with the llama3 RoPE scaling of its config.json (`hf_config('llama3_1_405b')`).
+    "llama3_1_405b": ModelConfig.from_hf(
+        {"model_type": "llama", "vocab_size": 128256, "num_hidden_layers": 126,
+         "num_attention_heads": 128, "num_key_value_heads": 8, "hidden_size": 16384,
+         "intermediate_size": 53248, "max_position_embeddings": 131072,
+         "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "hidden_act": "silu",
+         "tie_word_embeddings": False,
+         "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+    ).replace(name="llama3_1_405b"),
     # TinyLlama-1.1B (Zhang et al. 2024; HF `TinyLlama/TinyLlama-1.1B-...`): 1,100,048,384.
     "tinyllama_1_1b": _llama("tinyllama_1_1b", vocab_size=32000, num_layers=22, num_heads=32,
                              num_kv_heads=4, head_dim=64, hidden_dim=2048, mlp_dim=5632,
@@ -91,6 +106,8 @@ PUBLISHED_PARAMS = {
     "gpt2": 124_439_808,
     "llama2_7b": 6_738_415_616,
     "llama3_8b": 8_030_261_248,
+    "llama3_70b": 70_553_706_496,
+    "llama3_1_405b": 405_853_388_800,
     "tinyllama_1_1b": 1_100_048_384,
 }
 
@@ -102,6 +119,8 @@ HF_CONFIG_PARAMS = {
     "gpt2": 124_439_808,
     "llama2_7b": 6_738_415_616,
     "llama3_1_8b": 8_030_261_248,
+    "llama3_70b": 70_553_706_496,
+    "llama3_1_405b": 405_853_388_800,
     "mistral_7b_v0_1": 7_241_732_096,
     "qwen2_5_7b": 7_615_616_512,
     "tinyllama_1_1b": 1_100_048_384,

@@ -23,7 +23,14 @@ from vishwamai.transformer import (SCAN_NAME, create_vishwamai_transformer, stac
 
 from vishwamai.model.sampling import (_cache_fill, _check_mask, _check_sampling, _check_token_id,
                                       _mask_positions, cross_entropy, sample_logits)
-from vishwamai.model.weights import _component
+from vishwamai.model.weights import _check_params_tree, _component
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(module):
+    """One jitted `module.init` per module: modules of equal configs are equal (and hash alike),
+    so every `VishwamAI` of a config shares one compiled initialiser per input shape."""
+    return jax.jit(module.init)
 
 
 class VishwamAI:
@@ -44,7 +51,7 @@ class VishwamAI:
         """Initialised parameters (a plain pytree; logical axes via `param_axes()`)."""
         seq_len = min(self.config.max_seq_len, 8) if seq_len is None else seq_len
         tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
-        variables = jax.jit(self.module.init)(rng, tokens)
+        variables = _jitted_init(self.module)(rng, tokens)
         return nn.unbox(variables["params"])
 
     def abstract_params(self):
@@ -158,9 +165,8 @@ class VishwamAI:
         positions count tokens only, so a left-padded row computes what it computes alone (the
         padding rows' own logits are meaningless). Its values are checked unless it is traced.
         """
-        rngs = {"dropout": rng} if train else None
         if attention_mask is None:
-            return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs)
+            return self._apply(params, tokens_BT, train, rng, False)
         if isinstance(attention_mask, jax.core.Tracer):  # under jit: only the shape is known
             if attention_mask.shape != jnp.shape(tokens_BT):
                 raise ValueError(f"attention_mask must have the tokens' shape [B, T]="
@@ -169,23 +175,19 @@ class VishwamAI:
         else:
             mask_BT = jnp.asarray(_check_mask(attention_mask, jnp.shape(tokens_BT),
                                               left_padded=False))
-        return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs,
-                                 positions_BT=_mask_positions(mask_BT), kv_valid_BS=mask_BT)
+        return self._apply(params, tokens_BT, train, rng, False,
+                           positions_BT=_mask_positions(mask_BT), kv_valid_BS=mask_BT)
 
     def hidden(self, params, tokens_BT, *, train: bool = False, rng=None,
                return_moe: bool = False):
-        """`[B, T, D]` final-normed hidden states (the input of the output head).
+        """`[B, T, D]` final-normed hidden states; `return_moe`: `(hidden, moe_losses(...))`."""
+        return self._apply(params, tokens_BT, train, rng, return_moe, return_hidden=True)
 
-        With `return_moe`, `(hidden, stats)`: `stats` is `layers.moe.moe_losses` of what the MoE
-        blocks recorded (aux_loss, z_loss, tokens_per_expert, dropped; `{}` for a dense model).
-        """
-        rngs = {"dropout": rng} if train else None
-        if not return_moe:
-            return self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs,
-                                     return_hidden=True)
-        h, state = self.module.apply({"params": params}, tokens_BT, train=train, rngs=rngs,
-                                     return_hidden=True, mutable=[MOE_COLLECTION])
-        return h, moe_losses(state)
+    def _apply(self, params, tokens_BT, train, rng, return_moe, **kw):
+        mutable = {"mutable": [MOE_COLLECTION]} if return_moe else {}
+        out = self.module.apply({"params": params}, tokens_BT, train=train,
+                                rngs={"dropout": rng} if train else None, **mutable, **kw)
+        return (out[0], moe_losses(out[1])) if return_moe else out
 
     def loss(self, params, tokens_BT, *, train: bool = False, rng=None, labels_BT=None,
              ignore_index: int | None = None, return_moe: bool = False):
@@ -194,10 +196,12 @@ class VishwamAI:
         `labels_BT` (optional, `[B, T]` like the tokens, Hugging Face's convention) gives the
         targets instead of the tokens themselves (position t+1's label is scored at t);
         `ignore_index` (e.g. -100) marks labels left out of the loss and of its count.
-        MoE configs add the router losses (`layers.moe.moe_penalty`, the objective `fit`
-        minimises); `return_moe`: `(loss, {cross_entropy, penalty, **moe_losses})`.
+        MoE configs add the router losses (`layers.moe.moe_penalty`); `return_moe`: `(loss, parts)`.
         """
         tokens_BT = jnp.asarray(tokens_BT)
+        if tokens_BT.ndim != 2 or tokens_BT.shape[1] < 2:
+            validate.fail("tokens_BT", f"<array of shape {list(tokens_BT.shape)}>",
+                          "[B, T] tokens with T >= 2 (position t predicts token t+1)")
         labels_BT = tokens_BT if labels_BT is None else jnp.asarray(labels_BT)
         if labels_BT.shape != tokens_BT.shape:
             raise validate.InputError(f"labels_BT must have the tokens' shape [B, T]="
@@ -209,15 +213,11 @@ class VishwamAI:
         if not self.config.num_experts and not return_moe:
             logits = self.logits(params, tokens_BT[:, :-1], train=train, rng=rng)
             return cross_entropy(logits, labels_BT[:, 1:], ignore_index=ignore_index)
-        logits, state = self.module.apply(
-            {"params": params}, tokens_BT[:, :-1], train=train,
-            rngs={"dropout": rng} if train else None, mutable=[MOE_COLLECTION])
+        logits, stats = self._apply(params, tokens_BT[:, :-1], train, rng, True)
         ce = cross_entropy(logits, labels_BT[:, 1:], ignore_index=ignore_index)
-        stats = moe_losses(state)
         penalty = moe_penalty(self.config, stats)
-        if not return_moe:
-            return ce + penalty
-        return ce + penalty, {"cross_entropy": ce, "penalty": penalty, **stats}
+        out = {"cross_entropy": ce, "penalty": penalty, **stats}
+        return (ce + penalty, out) if return_moe else ce + penalty
 
     # ------------------------------------------------------------------ decoding
     def init_cache(self, batch_size: int, max_len: int):
@@ -266,8 +266,10 @@ class VishwamAI:
         Args:
           prompt_BT: `[B, T]` int prompt.
           max_new_tokens: tokens to append; `T + max_new_tokens <= max_seq_len`.
-          temperature, top_k, top_p: see `sample_logits` (temperature 0 = greedy).
-          rng: PRNG key, required when temperature > 0.
+          temperature, top_k, top_p: see `sample_logits` (temperature 0 = greedy). A `top_k`
+            above the vocabulary is clamped to it (keeps every token), as transformers does.
+          rng: PRNG key (`jax.random.key` or `jax.random.PRNGKey`), required when
+            temperature > 0.
           attention_mask: optional `[B, T]` of 0 (padding) / 1 (token), left-padded.
           prompt_lengths: optional `[B]` ints in [1, T]: row b's prompt is its last
             prompt_lengths[b] tokens (the alternative to `attention_mask`).
@@ -291,7 +293,8 @@ class VishwamAI:
         validate.token_ids("prompt", prompt_BT, self.config.vocab_size)
         if temperature > 0 and rng is None:
             raise ValueError("rng is required when temperature > 0")
-        rng = jax.random.PRNGKey(0) if rng is None else rng
+        rng = jax.random.PRNGKey(0) if rng is None else validate.prng_key("rng", rng)
+        top_k = None if top_k is None else min(int(top_k), self.config.vocab_size)
         B, T = prompt_BT.shape
         if attention_mask is not None and prompt_lengths is not None:
             raise ValueError("give attention_mask or prompt_lengths, not both")
@@ -368,7 +371,9 @@ class VishwamAI:
 
         Raises `vishwamai.checkpoint.CheckpointError` (a `ValueError`) naming `path` if it
         exists (unless `overwrite`) or cannot be written; the process stays able to exit.
+        `params` that are not this model's tree (other paths or shapes) raise `InputError`.
         """
+        _check_params_tree("params", params, self.abstract_params(), self.config.name)
         checkpoint.save(path, params, kind="params", config=self.config.to_dict(),
                         overwrite=overwrite)
 
