@@ -156,7 +156,9 @@ def _cells(r: dict) -> dict:
             "ratio": f"{r['analytic_over_compiler']:.2f}" if "analytic_over_compiler" in r else "",
             "hbm_GB": f"{r['compiler_hbm_bytes_per_chip'] / g:.2f}",
             "needed_GB": f"{r['needed_bytes'] / g:.2f}" if r["status"] == "oom" else "",
-            "TFLOP": f"{r['flops_per_chip'] / 1e12:.3f}" if r["status"] == "ok" else "",
+            "TFLOP": (f"{r['flops_per_chip'] / 1e12:.3f}"    # none from XLA:GPU (NaN)
+                      if r["status"] == "ok" and r["flops_per_chip"] == r["flops_per_chip"]
+                      else ""),
             "collectives": coll, "compile_s": f"{r['compile_s']:.1f}"}
 
 
