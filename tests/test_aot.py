@@ -198,12 +198,14 @@ def test_splash_kernel_compiles_for_tpu_forward_and_backward(impl, tpu_defaults)
 
 
 @needs_libtpu
-def test_fp8_gemm_on_tpu_multiplies_converted_values(tpu_defaults):
-    """The finding Chapter 3 prints: the kernel's dequantise-then-dot form reaches the TPU's
-    matmul as f32 operands, while a plain e4m3 x e4m3 dot keeps fp8 operands."""
-    r = aot.fp8_gemm_on_tpu("v5e", M=256, K=256, N=256)
-    assert r["matmuls"] and not r["native_fp8"]
-    assert all(m["lhs"].startswith("f32") for m in r["matmuls"])
+@pytest.mark.parametrize("scaling", ["tensor", "row"])
+def test_fp8_gemm_on_tpu_keeps_fp8_operands(tpu_defaults, scaling):
+    """The kernel's GEMM reaches the TPU's matmul with e4m3 operands, as a plain e4m3 x e4m3 dot
+    does (its scales rescale the f32 result; a dequantise-then-dot form reached it as f32)."""
+    r = aot.fp8_gemm_on_tpu("v5e", M=256, K=256, N=256, scaling=scaling)
+    assert r["matmuls"] and r["native_fp8"]
+    assert all(m["lhs"].startswith("f8e4m3fn") and m["rhs"].startswith("f8e4m3fn")
+               for m in r["matmuls"])
     assert r["raw_fp8_native"]
 
 

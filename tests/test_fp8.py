@@ -154,12 +154,25 @@ def test_quantize_e5m2_and_zeros():
     assert float(scale) == 1.0 and not bool(jnp.any(q.astype(jnp.float32)))
 
 
-def test_tensor_mode_is_the_scaled_fp8_dot_pattern():
-    # The pattern XLA's GPU GemmRewriter turns into a cuBLASLt fp8 GEMM: fp8 operands converted,
-    # multiplied by scalar scales, contracted with f32 accumulation.
-    jaxpr = str(jax.make_jaxpr(functools.partial(fp8_gemm_optimized, scaling="tensor"))(
-        _normal(0, (32, 64)), _normal(1, (64, 16))))
-    assert "float8_e4m3fn" in jaxpr and "preferred_element_type=float32" in jaxpr
+def _dot_operand_dtypes(jaxpr):
+    from vishwamai.compat import jaxprs_in_params
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            out.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+        for sub in jaxprs_in_params(eqn.params):
+            out += _dot_operand_dtypes(sub)
+    return out
+
+
+@pytest.mark.parametrize("scaling", ["tensor", "row"])
+def test_gemm_dot_takes_fp8_operands(scaling):
+    # The dot itself gets the e4m3 operands and accumulates in f32 (the form XLA:GPU makes a
+    # cuBLASLt fp8 GEMM of and XLA:TPU an fp8 matmul; tests/test_aot_gpu.py reads the HLO).
+    closed = jax.make_jaxpr(functools.partial(fp8_gemm_optimized, scaling=scaling))(
+        _normal(0, (32, 64)), _normal(1, (64, 16)))
+    assert _dot_operand_dtypes(closed.jaxpr) == [("float8_e4m3fn", "float8_e4m3fn")]
+    assert "preferred_element_type=float32" in str(closed)
 
 
 def _is_hopper_gpu():

@@ -7,6 +7,8 @@
     python -m vishwamai.bench gemm ...               # vishwamai.benchmarks.gemm
     python -m vishwamai.bench aot --preset tiny --topology v5e:2x2 --layout fsdp --mode train \
         --batch 8 --seq 128 --out x.json           # XLA:TPU's own numbers, compiled on this host
+    python -m vishwamai.bench aot --platform cuda --target h100 --preset llama2_7b \
+        --layout fsdp --mode train                 # XLA:GPU's, for 8 H100s (vishwamai.aot_gpu)
     python -m vishwamai.bench report --out book/results/h100.json
     python -m vishwamai.bench compile --presets tiny base   # vishwamai.benchmarks.compilation
 
@@ -26,11 +28,12 @@ from typing import Sequence
 import pandas as pd
 
 from vishwamai.aot import LibtpuMissingError
+from vishwamai.aot_gpu import CudaPluginMissingError
 from vishwamai.benchmarks import attention as attention_bench
 from vishwamai.benchmarks import compilation
 from vishwamai.benchmarks import gemm as gemm_bench
+from vishwamai.benchmarks import gpu_grid
 from vishwamai.benchmarks import model as mb
-from vishwamai.benchmarks import tpu_grid
 from vishwamai.benchmarks.harness import device_peak, results_frame, save_results
 from vishwamai import validate
 from vishwamai.config import ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICIES
@@ -110,11 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive, default=3, help="timed repeats of each")
     p.add_argument("--out", type=_out, default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p = sub.add_parser("aot", help="compile for a TPU topology with XLA:TPU (needs libtpu; "
-                       "nothing runs): per-chip memory, FLOPs, collectives, OOM verdicts, beside "
-                       "the planner's bytes (vishwamai.benchmarks.tpu_grid)")
-    tpu_grid.add_arguments(p)      # imports without libtpu; compiling needs it
-    p.set_defaults(_module=tpu_grid)
+    p = sub.add_parser("aot", help="compile for a TPU topology with XLA:TPU (needs libtpu) or, "
+                       "with --platform cuda, for H100/H200/B200 GPUs with XLA:GPU (needs the "
+                       "CUDA plugin); nothing runs: per-device memory, collectives, OOM verdicts, "
+                       "beside the planner's bytes (vishwamai.benchmarks.tpu_grid, gpu_grid)")
+    gpu_grid.add_arguments(p)      # imports without libtpu or the plugin; compiling needs them
+    p.set_defaults(_module=gpu_grid)
     p = sub.add_parser("report", help="the accelerator suite for the book, into one JSON file")
     p.add_argument("--out", type=_out, required=True,
                    help="JSON file (e.g. book/results/h100.json)")
@@ -267,9 +271,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{parser.prog} {args.command}"
+    if args.command == "train":
+        for b in args.batch:
+            if b % args.accum_steps:
+                parser.exit(2, f"{prog}: error: argument --accum-steps: {args.accum_steps} does "
+                               f"not divide --batch {b} (each microbatch gets batch / "
+                               f"accum-steps rows)\n")
     try:
         result = _dispatch(args)
-    except (validate.InputError, LibtpuMissingError) as e:   # a clear message, not a traceback
+    except (validate.InputError, LibtpuMissingError, CudaPluginMissingError) as e:   # a clear message, not a traceback
         parser.exit(2, f"{prog}: error: {e}\n")
     except ValueError as e:
         if args.command != "aot":

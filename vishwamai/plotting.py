@@ -60,3 +60,40 @@ def band(ax, x, samples, color=None, alpha: float = 0.2, label: str | None = Non
 
 
 set_style()
+
+
+def verdict_heatmap(grid, *, compiler: str, column: str = "slice", ax=None):
+    """Planner against a compiler, one cell per (point, `column`) of a compile grid.
+
+    `grid` is a DataFrame of `tpu_grid` / `gpu_grid` rows with 'point' and `column` added.
+    Colours: green both fit (label: planner / compiler bytes), grey both refuse (label: bytes
+    the compiler needed), red planner fits and the compiler refuses, orange the reverse (✗:
+    the verdicts differ). Returns the axes.
+    """
+    import numpy as np
+    codes = {(True, True): 0, (False, False): 1, (True, False): 2, (False, True): 3}
+    grid = grid.assign(verdict=[codes[(bool(a), s == "ok")]
+                                for a, s in zip(grid["analytic_fits"], grid["status"])])
+    heat = grid.pivot_table(index="point", columns=column, values="verdict", aggfunc="first")
+    heat = heat[sorted(heat.columns, key=lambda c: (c.split()[0], int(c.split("x")[-1])))]
+    cmap = mpl.colors.ListedColormap(["#59a14f", "#bab0ac", "#e15759", "#f28e2b"])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6, 0.9 * len(heat.columns) + 4),
+                                      0.32 * len(heat) + 2))
+    ax.imshow(heat.to_numpy(dtype=float), cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto")
+    label = {(r["point"], r[column]): (f"{r['analytic_over_compiler']:.2f}" if r["status"] == "ok"
+                                       else f"{r['needed_bytes'] / 1e9:.0f}G")
+             for r in grid.to_dict("records")}
+    for i, p in enumerate(heat.index):
+        for j, s in enumerate(heat.columns):
+            if not np.isnan(heat.iloc[i, j]):
+                txt = label[(p, s)] + (" ✗" if heat.iloc[i, j] >= 2 else "")
+                ax.text(j, i, txt, ha="center", va="center", fontsize=MIN_FONT_PT)
+    ax.set_xticks(range(len(heat.columns)), heat.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(heat.index)), heat.index, fontsize=8)
+    ax.grid(False)
+    ax.set_title(f"Planner vs {compiler} per device. green: both fit (label: planner / compiler "
+                 "bytes); grey: both refuse (label: bytes the compiler needed);\nred: planner "
+                 f"fits, compiler refuses; orange: planner refuses, compiler fits (✗ = verdicts "
+                 "differ)", fontsize=9)
+    return ax

@@ -8,14 +8,17 @@ scales from the current amax ("current scaling": no amax history to carry betwee
 
 Scaling modes (`SCALINGS`):
 
-- ``'tensor'``: one scale per operand. Written as XLA's GPU GemmRewriter expects a scaled fp8
-  GEMM, `dot(convert(a_fp8) * a_scale, convert(b_fp8) * b_scale)` with scalar scales, which it
-  turns into one cuBLASLt fp8 GEMM (`__cublas$lt$matmul$f8`) on Hopper and newer GPUs.
-- ``'row'``: one scale per row of a (per token) and per column of b (per output channel). These
-  scales do not vary along K, so they factor out of the sum: `(a_fp8 @ b_fp8) * a_scale *
-  b_scale` with the outer product applied to the f32 result. The dot is an unscaled fp8 dot,
-  which the same rewriter also turns into a cuBLASLt fp8 GEMM; the rescale is an elementwise
-  epilogue.
+- ``'tensor'``: one scale per operand. ``'row'``: one scale per row of a (per token) and per
+  column of b (per output channel). Neither varies along K, so both factor out of the sum: the
+  GEMM is a dot of the fp8 operands themselves with f32 accumulation, `dot(a_fp8, b_fp8) *
+  (a_scale * b_scale)` (a scalar, or the outer product `[M, 1] x [1, N]`), the rescale an
+  elementwise epilogue. Given fp8 operands, XLA:GPU emits one cuBLASLt fp8 GEMM
+  (`__cublas$lt$matmul$f8`, Hopper and newer) for the forward and for each backward product
+  (with Triton GEMMs off; with them on, a Triton GEMM of f8 operands), and XLA:TPU a matmul of
+  f8 operands. The form cuBLAS documents, `dot(convert(a_fp8) * a_scale, convert(b_fp8) *
+  b_scale)`, is rewritten into the same call by XLA:GPU's GemmRewriter only when Triton GEMMs
+  are off; with them on, and on TPU, its operands reach the dot converted to f32 (an f32 GEMM
+  of fp8 values: fp8 numerics at f32 speed), which is why the kernel does not use it.
 - ``'block'``: DeepSeek-V3 tiles (arXiv:2412.19437, sec. 3.3): a in 1 x `block_size` tiles along
   K (per token, per group of channels), b in `block_size` x `block_size` tiles. The scales vary
   along K, so no single BLAS call applies them; this mode is *emulated*: both operands are
@@ -54,6 +57,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vishwamai import validate
 from vishwamai.config import FP8_SCALINGS as SCALINGS
 from vishwamai.kernels.target import backend as _target_backend
 
@@ -227,16 +231,10 @@ def scaled_fp8_matmul(q_a, scale_a, q_b, scale_b, *, out_dtype=_F32):
     """
     scale_a = jnp.asarray(scale_a, _F32)
     scale_b = jnp.asarray(scale_b, _F32)
-    if scale_a.ndim == 0 and scale_b.ndim == 0:
-        # The dequantise-then-dot pattern XLA's GemmRewriter fuses into one fp8 cuBLASLt call
-        # (the scales become cuBLASLt's a/b scale pointers).
-        out = lax.dot_general(q_a.astype(_F32) * scale_a, q_b.astype(_F32) * scale_b,
-                              _MATMUL_DIMS, preferred_element_type=_F32)
-    else:
-        # An unscaled fp8 dot (also rewritten to cuBLASLt) and the outer product of the scales
-        # applied to the f32 result.
-        out = lax.dot_general(q_a.astype(_F32), q_b.astype(_F32), _MATMUL_DIMS,
-                              preferred_element_type=_F32) * scale_a * scale_b
+    # The dot takes the fp8 operands as they are (the matrix units' fp8 GEMM on GPUs and
+    # TPUs; exact f32 products on CPU) and the scales, constant along K, rescale its f32 result.
+    out = lax.dot_general(q_a, q_b, _MATMUL_DIMS, preferred_element_type=_F32)
+    out = out * scale_a * scale_b
     return out.astype(out_dtype)
 
 
@@ -342,7 +340,11 @@ def fp8_gemm_optimized(a, b, *, scaling="tensor", block_size=128, out_dtype=None
         raise ValueError(
             f"contracting dims differ: a is [..., M, K={a.shape[-1]}] but b is "
             f"[K={b.shape[0]}, N]; shapes a={a.shape}, b={b.shape}")
-    out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
+    try:
+        out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
+    except TypeError:
+        validate.fail("out_dtype", out_dtype, "a floating dtype (float32, bfloat16, float16, ...)",
+                      type_error=True)
     _check_float("out_dtype", out_dtype)
     *lead, m, k = a.shape
     out = _fp8_matmul(a.reshape(math.prod(lead) * m, k), b, scaling, block_size, out_dtype,

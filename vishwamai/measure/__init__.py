@@ -6,9 +6,12 @@
   whole-step FLOPs, bytes, collectives and estimated cycles;
 - `timing`: warm-up, blocking, median and spread; the CPU's matmul peak and memory bandwidth;
 - `trace`: device busy time from a `jax.profiler` trace;
-- `compiles`: how many XLA compilations a block of code triggers.
+- `compiles`: how many XLA compilations a block of code triggers;
+- `custom_calls`: the vendor kernels (cuDNN attention, cuBLAS GEMMs) in a compiled GPU program.
 """
 from vishwamai.measure.compiles import COMPILE_EVENT, count_compiles  # noqa: F401
+from vishwamai.measure.custom_calls import (cublas_gemms, cudnn_attention,  # noqa: F401
+                                            custom_calls)
 from vishwamai.measure.hlo_cost import step_figures  # noqa: F401
 from vishwamai.measure.compiled import (COLLECTIVE_KINDS, CompiledStats,  # noqa: F401
                                         collectives, compiled_flops, compiled_memory,
