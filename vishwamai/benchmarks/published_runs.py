@@ -2,7 +2,7 @@
 by the TPU compiler's clock (`analysis.clock`), neither using the published MFU.
 
     python -m vishwamai.benchmarks.published_runs --out book/results/published_runs.json \
-        [--keys KEY ...] [--rows DIR]
+        [--keys KEY ...] [--rows DIR] [--no-compile]
 
 Each TPU run is compiled at its published configuration (`aot.compile_for_topology`: model,
 topology, global batch, sequence, remat, bf16 compute with f32 parameters, FSDP) and its
@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import pathlib
+import sys
 
 from vishwamai.analysis import planner
 from vishwamai.analysis.clock import step_seconds
@@ -68,7 +69,7 @@ def clock_prediction(run: dict, row: dict) -> dict:
             "loops": row["step"]["loops"]}
 
 
-def run_all(keys=None, rows_dir=None) -> list[dict]:
+def run_all(keys=None, rows_dir=None, compile_missing: bool = True) -> list[dict]:
     out = []
     for run in RUNS:
         if keys and run["key"] not in keys:
@@ -78,7 +79,10 @@ def run_all(keys=None, rows_dir=None) -> list[dict]:
                                    / run["tokens_per_s_per_chip"])
         if run["topology"]:
             path = pathlib.Path(rows_dir or "") / f"{run['key']}.json"
-            row = json.loads(path.read_text()) if rows_dir and path.exists() else compile_run(run)
+            if rows_dir and path.exists():
+                row = json.loads(path.read_text())
+            else:
+                row = compile_run(run) if compile_missing else {"status": "not compiled"}
             clk = clock_prediction(run, row)
             if clk.get("status") == "ok":
                 clk["ratio"] = clk["tokens_per_s_per_chip"] / run["tokens_per_s_per_chip"]
@@ -93,11 +97,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", required=True)
     ap.add_argument("--keys", nargs="*")
     ap.add_argument("--rows", help="folder of compiled rows <key>.json to reuse")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="leave runs without a row in --rows uncompiled (no clock figure)")
     a = ap.parse_args(argv)
     payload = {"benchmark": "published_runs",
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                "planner_mfu": PLANNER_MFU, "planner_overlap": PLANNER_OVERLAP,
-               "runs": run_all(a.keys, a.rows)}
+               "command": "python -m vishwamai.benchmarks.published_runs "
+                          + " ".join(argv if argv is not None else sys.argv[1:]),
+               "runs": run_all(a.keys, a.rows, compile_missing=not a.no_compile)}
     pathlib.Path(a.out).write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return payload
 
