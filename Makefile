@@ -16,23 +16,25 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# libtpu is installed for ahead-of-time TPU compilation; on a machine without TPU chips its
-# start-up probes print warnings into every chapter. So the build runs JAX on the CPU unless an
-# accelerator is present (TPU device nodes or nvidia-smi) or JAX_PLATFORMS says otherwise.
-JAX_PLATFORMS ?= $(shell (ls /dev/accel* /dev/vfio || command -v nvidia-smi) >/dev/null 2>&1 || echo cpu)
+# No JAX_PLATFORMS here: `import vishwamai` (each chapter's first cell) selects the CPU on a
+# machine without a TPU or GPU and keeps the AOT plugins' start-up probes out of the chapters
+# (vishwamai/startup.py); set JAX_PLATFORMS yourself to choose another platform.
 
 # Execute every chapter and build the HTML into _build/html (index.html is the entry).
 book: $(STAMP)
-	JAX_PLATFORMS=$(JAX_PLATFORMS) $(BIN)/jupyter-book build . --warningiserror --keep-going
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@test -f _build/html/index.html && echo "book: _build/html/index.html"
 
-# The whole suite: unit tests, then every chapter executed with CI-sized parameters.
+# The whole suite: unit tests and every chapter, each chapter once, cell by cell under nbval-lax
+# with CI-sized parameters (papermill injects them into book/.ci-*.ipynb copies: conftest.py).
+# loadfile keeps a chapter's cells (and a test module's fixtures) on one worker.
+NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --nbval-kernel-startup-timeout=300
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --durations=15 tests
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --durations=15 $(NBVAL) tests book
 
-# The chapters again, cell by cell under nbval-lax (parametrised by papermill).
+# Only the chapters, as `make test` runs them.
 nbval: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax book
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile $(NBVAL) book
 
 # Colab's TPU image (requirements-colab.txt): the package built as a wheel and installed the way
 # the chapters' install cell does (not editable), then the unit tests, and every chapter run as
@@ -55,7 +57,8 @@ colab-check: $(STAMP) $(COLAB_STAMP)
 	cp -r tests book conftest.py _config.yml _toc.yml pyproject.toml $(COLAB_DIR)/
 	rm -rf $(COLAB_DIR)/book/_build $(COLAB_DIR)/book/.ci-*.ipynb
 	cd $(COLAB_DIR) && VISHWAMAI_COLAB_WHEEL=$$(ls $(CURDIR)/$(COLAB_DIR)/dist/vishwamai-*.whl) \
-		$(CURDIR)/$(COLAB_VENV)/bin/python -m pytest -n $(JOBS) -p no:cacheprovider --durations=10 tests
+		$(CURDIR)/$(COLAB_VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile -p no:cacheprovider \
+		--durations=10 $(NBVAL) tests book
 
 clean:
 	rm -rf _build .pytest_cache book/.ci-*.ipynb

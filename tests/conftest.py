@@ -3,6 +3,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import vishwamai  # noqa: E402,F401  (first: JAX and its plugins start without probe noise)
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

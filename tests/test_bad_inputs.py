@@ -159,12 +159,54 @@ MODEL_CASES = [
     ("generate temperature", lambda m, p: m.generate(p, jnp.ones((1, 2), jnp.int32), 2,
                                                      temperature=-0.5), "temperature"),
     ("init_cache too long", lambda m, p: m.init_cache(1, 10_000), "max_seq_len"),
+    ("loss one token", lambda m, p: m.loss(p, jnp.array([[1], [2]])), "tokens_BT"),
+    ("loss rank 1", lambda m, p: m.loss(p, jnp.array([1, 2, 3])), "tokens_BT"),
+    ("generate rng int", lambda m, p: m.generate(p, jnp.ones((1, 2), jnp.int32), 2,
+                                                 temperature=1.0, rng=0), "rng=0"),
+    ("generate rng float array", lambda m, p: m.generate(p, jnp.ones((1, 2), jnp.int32), 2,
+                                                         temperature=1.0, rng=jnp.zeros(2)),
+     "rng"),
 ]
 
 
 @pytest.mark.parametrize("label, fn, name", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
 def test_model_bad_inputs(tiny, label, fn, name):
     _raises(lambda: fn(*tiny), name)
+
+
+def test_top_k_above_the_vocabulary_is_clamped_to_it(tiny):
+    """`generate(top_k=k)` with k > vocab_size keeps every token, as transformers does: the same
+    draws as no top-k at all."""
+    model, params = tiny
+    assert model.config.vocab_size < 1000
+    kw = dict(temperature=1.0, rng=jax.random.PRNGKey(3))
+    prompt = jnp.ones((2, 3), jnp.int32)
+    clamped = model.generate(params, prompt, 6, top_k=1000, **kw)
+    np.testing.assert_array_equal(clamped, model.generate(params, prompt, 6, **kw))
+
+
+def test_save_refuses_a_tree_that_is_not_the_models(tiny, tmp_path):
+    model, params = tiny
+    _raises(lambda: model.save(tmp_path / "a", {"w": [3]}), "parameter tree of model 'micro'")
+    wrong = jax.tree.map(lambda x: x, params)
+    wrong["final_norm"]["scale"] = jnp.ones(7)
+    err = _raises(lambda: model.save(tmp_path / "b", wrong), "params")
+    assert "final_norm/scale has shape [7]" in str(err)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_train_step_refuses_a_batch_without_a_sequence_axis(tiny):
+    model, params = tiny
+    opt = train.make_optimizer(1e-3)
+    # The check runs while the step is traced, before anything compiles.
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=opt.init(params), rng=jax.random.PRNGKey(0))
+    step = train.make_train_step(model, opt, donate=False)
+    _raises(lambda: step(state, jnp.zeros((8,), jnp.int32)), "batch")
+    _raises(lambda: step(state, {"tokens": jnp.zeros((2, 1), jnp.int32)}), "batch")
+    grad_fn = train.make_grad_fn(model, accum_steps=2)
+    _raises(lambda: grad_fn(state.params, jnp.zeros((3, 5), jnp.int32), jax.random.PRNGKey(0)),
+            "accum_steps=2")
 
 
 def test_decode_step_past_the_cache_raises_naming_its_capacity(tiny):
@@ -221,6 +263,7 @@ def test_ignore_index_loss_matches_a_reference(tiny):
 
 # ============================================================================ kernels
 _q = jnp.ones((1, 4, 2, 8))
+_qi = jnp.ones((1, 4, 2, 8), jnp.int32)
 KERNEL_CASES = [
     ("attention impl name", lambda: attn.attention(_q, _q, _q, implementation="nosuch"),
      "nosuch"),
@@ -238,6 +281,17 @@ KERNEL_CASES = [
     ("fp8 int operand", lambda: fp8_gemm_optimized(jnp.ones((2, 4), jnp.int32), jnp.ones((4, 2))),
      "floating"),
     ("fp8 quantize dtype", lambda: quantize_fp8(jnp.ones(4), dtype=jnp.int8), "dtype"),
+    ("fp8 out_dtype name", lambda: fp8_gemm_optimized(jnp.ones((2, 4)), jnp.ones((4, 2)),
+                                                      out_dtype="nosuch"), "out_dtype='nosuch'"),
+    ("flash block_q zero", lambda: attn.flash_attention(_q, _q, _q, block_q=0), "block_q=0"),
+    ("flash block_q float", lambda: attn.flash_attention(_q, _q, _q, block_q=3.5),
+     "block_q=3.5"),
+    ("flash block_k negative", lambda: attn.flash_attention(_q, _q, _q, block_k=-2),
+     "block_k=-2"),
+    ("attention int32 q", lambda: attn.attention(_qi, _qi, _qi), "floating-point"),
+    ("attention int32 v flash", lambda: attn.attention(_q, _q, _qi, implementation="flash"),
+     "v="),
+    ("reference int32 k", lambda: attn.reference_attention(_q, _qi, _q), "k="),
 ]
 
 
@@ -455,6 +509,7 @@ CLI_CASES = [
     (["forward", "--out", "/no/such/dir/f.json"], "--out"),
     (["train", "--accum-steps", "0"], "--accum-steps"),
     (["train", "--batch", "2", "-3"], "--batch"),
+    (["train", "--batch", "3", "--accum-steps", "2"], "--accum-steps"),
     (["baseline", "--batch", "0"], "--batch"),
     (["baseline", "--preset", "gpt5"], "--preset"),
     (["report", "--out", "/no/such/dir/r.json"], "--out"),

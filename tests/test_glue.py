@@ -1,7 +1,7 @@
 """One quantity, one value: the glued values of all pages, read from executed chapters.
 
-`tests/test_notebooks.py` records each executed chapter's glue (`glue_values.record`) and
-fails when a name it glues already holds another value on a page executed from the same tree.
+The root conftest.py records each chapter nbval executes (`glue_values.record`) and fails
+when a name it glues already holds another value on a page executed from the same tree.
 Here: the reader and the comparison, on notebooks built to disagree, and every page recorded
 so far (from `make test`, or `make book`'s executed copies in `_build/jupyter_execute`)."""
 import json

@@ -85,3 +85,27 @@ def test_allowance_is_the_compilers(generation):
         pytest.skip("libtpu not installed")
     key = aot.GENERATIONS[generation][0]
     assert have == HW.HARDWARE[key].compiler_hbm_bytes
+
+
+@pytest.mark.slow
+def test_tpu7x_allowance_is_the_compilers():
+    """TPU7x: one JAX device per TensorCore; the chip's allowance is its two devices'."""
+    aot = pytest.importorskip("vishwamai.aot")
+    if not aot.have_libtpu():
+        pytest.skip("libtpu not installed")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.experimental import topologies
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from vishwamai.kernels.target import compile_target
+    devs = topologies.get_topology_desc(platform="tpu", topology_name="tpu7x:2x2x1").devices
+    assert len(devs) == 8                      # 4 chips x 2 TensorCores
+    mesh = jax.sharding.Mesh(np.array(devs[:1]), ("x",))
+    f = jax.jit(lambda: jnp.zeros((2 ** 40,), jnp.int8),
+                out_shardings=NamedSharding(mesh, PartitionSpec()))
+    with compile_target("tpu"), pytest.raises(Exception) as e:
+        f.lower().compile()
+    per_core = aot.parse_oom(str(e.value))["available_bytes"]
+    assert 2 * per_core == HW.HARDWARE["tpu7x"].compiler_hbm_bytes

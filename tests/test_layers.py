@@ -12,13 +12,14 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "vishwamai"
 
-# Lowest first. `measure` imports only jax and numpy, so everything may use it. A name is a
+# Lowest first. `measure` imports only jax and numpy, so everything may use it; `startup` runs
+# when the package is imported, before JAX starts. A name is a
 # module or a package: `config`, `train`, `model`, `checkpoint`, `sharding`, `profiler` and `aot`
 # are packages whose `__init__` re-exports their modules' names (config/base, hf_keys, presets;
 # train/losses, step, fit; model/sampling, weights, core; checkpoint/record, io; sharding/mesh,
 # step; profiler/regions, core; aot/topology, compile), each module in its package's tier.
 TIERS = (
-    ("measure", "compat", "validate"),
+    ("measure", "compat", "validate", "startup"),
     ("config", "data", "plotting", "prose"),
     ("kernels",),
     ("layers",),

@@ -1,10 +1,11 @@
-"""Every chapter: stored without outputs, parametrised for papermill, executed with CI sizes.
+"""Every chapter: stored without outputs, parametrised for papermill, with CI-sized parameters.
 
-`make test` also runs nbval-lax over the same chapters (see the root conftest.py), with the
-CI parameters below injected by papermill.
+The chapters are executed by nbval, cell by cell, not here: `make test` passes `--nbval-lax`,
+and the root conftest.py has papermill inject the CI parameters below into copies of the
+chapters (`prepare_ci_copies`) that nbval runs, so each chapter runs once per `make test`.
+These tests check the stored chapters and the prepared copies.
 """
 import json
-import os
 import pathlib
 import re
 
@@ -13,11 +14,10 @@ import papermill
 import pytest
 import yaml
 
-from tests.glue_values import conflicts, record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-GLUE_RECORDS = ROOT / "_build" / "glue"
+GLUE_RECORDS = ROOT / "_build" / "glue"      # each executed chapter's glue (root conftest.py)
 CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb") if not p.name.startswith("."))
 
 # Parameters that make each chapter CI-sized (2 CPU cores); a chapter not listed runs with its
@@ -82,37 +82,38 @@ def test_chapter_structure(name):
         assert re.search(rf"^{key}\s*=", tagged[0].source, re.M), f"CI parameter {key} is not a parameter"
 
 
-# Set by `make colab-check`: the chapters run as Colab runs them, `google.colab` importable and
-# the install cell pointed at the wheel built from this tree (VISHWAMAI_PACKAGE).
-COLAB_WHEEL = os.environ.get("VISHWAMAI_COLAB_WHEEL")
+def prepare_ci_copies(book: pathlib.Path, dest: pathlib.Path, *, prefix: str = ".ci-") -> list:
+    """Writes `dest/<prefix><chapter>` for every chapter in `book`: the chapter with its CI
+    parameters injected by papermill after the `parameters` cell (nothing is executed); removes
+    older copies first. Returns the paths written."""
+    for old in dest.glob(prefix + "*.ipynb"):
+        old.unlink()
+    written = []
+    for src in sorted(p for p in book.glob("*.ipynb") if not p.name.startswith(".")):
+        out = dest / (prefix + src.name)
+        papermill.execute_notebook(str(src), str(out), parameters=CI_PARAMETERS.get(src.name, {}),
+                                   prepare_only=True, kernel_name="python3", progress_bar=False)
+        written.append(out)
+    return written
 
 
-def _as_on_colab(tmp_path, monkeypatch):
-    stub = tmp_path / "colab_stub" / "google" / "colab"
-    stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text('"""Stands in for Colab\'s module: the chapters only test for it."""\n')
-    path = os.pathsep.join(p for p in (str(stub.parents[1]), os.environ.get("PYTHONPATH")) if p)
-    monkeypatch.setenv("PYTHONPATH", path)
-    monkeypatch.setenv("VISHWAMAI_PACKAGE", pathlib.Path(COLAB_WHEEL).resolve().as_uri())
-
-
-@pytest.mark.notebook
-@pytest.mark.parametrize("name", CHAPTERS)
-def test_chapter_executes_with_ci_parameters(name, tmp_path, monkeypatch):
-    if COLAB_WHEEL:
-        _as_on_colab(tmp_path, monkeypatch)
-    out = tmp_path / name
-    papermill.execute_notebook(
-        str(BOOK / name), str(out), parameters=CI_PARAMETERS.get(name, {}),
-        kernel_name="python3", cwd=str(BOOK), progress_bar=False)
-    nb = json.loads(out.read_text())
-    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, errors
-    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert len(injected) == (1 if CI_PARAMETERS.get(name) else 0)
-    produced = sum(len(c.get("outputs", [])) for c in nb["cells"] if c["cell_type"] == "code")
-    assert produced > 0, "the chapter printed nothing"
-    # One quantity, one value: this page's glue against every page executed before it (in this
-    # run or an earlier one of this tree); tests/test_glue.py reads the same records.
-    pages = record(GLUE_RECORDS, name.removesuffix(".ipynb"), nb)
-    assert not conflicts(pages), conflicts(pages)
+def test_the_ci_copies_carry_the_ci_parameters(tmp_path):
+    """What nbval executes: each chapter's cells, in order, with one injected cell (where the
+    chapter has CI parameters) right after the `parameters` cell, setting exactly those."""
+    copies = prepare_ci_copies(BOOK, tmp_path)
+    assert [c.name for c in copies] == [".ci-" + name for name in CHAPTERS]
+    for copy, name in zip(copies, CHAPTERS):
+        cells = json.loads(copy.read_text())["cells"]
+        original = json.loads((BOOK / name).read_text())["cells"]
+        injected = [i for i, c in enumerate(cells)
+                    if "injected-parameters" in c["metadata"].get("tags", [])]
+        params = CI_PARAMETERS[name]
+        assert len(injected) == (1 if params else 0), name
+        rest = [c for c in cells if "injected-parameters" not in c["metadata"].get("tags", [])]
+        assert ["".join(c["source"]) for c in rest] == ["".join(c["source"]) for c in original]
+        if params:
+            i = injected[0]
+            assert "parameters" in cells[i - 1]["metadata"].get("tags", []), name
+            namespace = {}
+            exec("".join(cells[i]["source"]), namespace)
+            assert {k: namespace[k] for k in params} == params, name

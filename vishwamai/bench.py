@@ -271,6 +271,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{parser.prog} {args.command}"
+    if args.command == "train":
+        for b in args.batch:
+            if b % args.accum_steps:
+                parser.exit(2, f"{prog}: error: argument --accum-steps: {args.accum_steps} does "
+                               f"not divide --batch {b} (each microbatch gets batch / "
+                               f"accum-steps rows)\n")
     try:
         result = _dispatch(args)
     except (validate.InputError, LibtpuMissingError, CudaPluginMissingError) as e:   # a clear message, not a traceback

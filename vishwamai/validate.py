@@ -228,6 +228,23 @@ def token_ids(name: str, ids, vocab_size: int, *, ignore_index: int | None = Non
     return ids
 
 
+def prng_key(name: str, key):
+    """A JAX PRNG key: a typed key (`jax.random.key`) or raw key data (`jax.random.PRNGKey`, a
+    uint32 array whose last axis holds the key's words). Returns it."""
+    import jax
+
+    dtype = getattr(key, "dtype", None)
+    accepted = "a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed))"
+    if dtype is None:
+        fail(name, key, accepted, type_error=True)
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return key
+    if np.dtype(dtype) != np.uint32 or np.ndim(key) < 1:
+        fail(name, key if np.ndim(key) == 0 else f"<array of {np.dtype(dtype)}{list(np.shape(key))}>",
+             accepted, type_error=True)
+    return key
+
+
 def writable_file(name: str, path) -> str:
     """A file path whose directory exists and is writable (checked before any work is done)."""
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):

@@ -57,6 +57,9 @@ class Chip:
       scale_out_bw: data-centre network bytes/s per chip, one direction (DCN per TPU host /
         its chips; InfiniBand/RoCE NIC per GPU).
       chips_per_host, cores_per_chip: chips per host VM / server; TensorCores per TPU chip.
+      clock_hz: TensorCore clock (TPU): bf16 peak / the bf16 FLOPs per cycle of its matrix
+        units, as the TPU compiler's cost model counts them (`CLOCK_SOURCE`); turns the
+        compiler's estimated cycles into seconds (`analysis.clock`).
       source, notes: where the numbers come from; caveats and exceptions.
     """
 
@@ -83,6 +86,7 @@ class Chip:
     cores_per_chip: int = 1
     source: str = ""
     notes: str = ""
+    clock_hz: float | None = None
 
     @property
     def ici_bw(self) -> float | None:
@@ -109,6 +113,16 @@ class Chip:
 _TPU_V4, _TPU_V5E, _TPU_V5P, _TPU_V6E, _TPU_7X = (
     f"cloud.google.com/tpu/docs/{g}" for g in ("v4", "v5e", "v5p", "v6e", "tpu7x"))
 _BOOK = "jax-ml.github.io/scaling-book (How to think about TPUs: per-link ICI table)"
+#: Where `clock_hz` comes from: peak / FLOPs per cycle per chip. XLA:TPU (libtpu 0.0.42.1)
+#: gives an 8192^3 bf16 matmul split over four chips (tpu7x: eight TensorCores) 1.108 M (v4),
+#: 2.167 M (v5e), 1.088 M (v5p), 0.607 M (v6e), 0.289 M (tpu7x, per TensorCore) estimated
+#: cycles: 248 k, 127 k, 253 k, 453 k and 476 k FLOPs a cycle, 86-97% of 2 x the matrix units'
+#: multiply-accumulates a cycle, 262,144 (v4, v5p: 2 TensorCores x 4 MXUs of 128 x 128),
+#: 131,072 (v5e: 4 MXUs of 128 x 128), 524,288 (v6e; tpu7x per TensorCore: MXUs of
+#: 256 x 256). v4's 1.05 GHz is the clock of Jouppi et al., "TPU v4" (ISCA 2023, Table 1).
+CLOCK_SOURCE = ("bf16 peak / FLOPs per cycle of the matrix units, the rate XLA:TPU's cost model "
+                "gives a large bf16 matmul (measure.hlo_cost cycles); v4 1.05 GHz: Jouppi et "
+                "al., ISCA 2023")
 
 HARDWARE: dict[str, Chip] = {
     # "45 teraflops (bf16)", "16 GiB, 600 GBps" per chip; v2-8 = one host, 4 chips, 8 cores.
@@ -125,6 +139,7 @@ HARDWARE: dict[str, Chip] = {
     # whole 4x4x4 cubes (AxBxC with 2A=B=C or 2A=2B=C, each a multiple of 4), 4096 chips a pod.
     # ICI: 4.5e10 B/s per link one way (scaling book), 6 links. DCN: no per-chip figure found.
     "tpu_v4": Chip("tpu_v4", "google", bf16_flops=275 * T, int8_ops=275 * T, hbm_bytes=32 * GiB,
+                   clock_hz=275 * T / 262_144,
                    hbm_bw=1200 * GB, compiler_hbm_bytes=33_017_561_088, link_bw=45 * GB,
                    links=6, torus="3D", wraparound="slices of whole 4x4x4 cubes",
                    max_slice="16x16x16", wrap_at=4, max_slice_chips=4096,
@@ -136,6 +151,7 @@ HARDWARE: dict[str, Chip] = {
     # host. HBM: the page's "16 GB" is 16 GiB: the compiler itself allows 15.75 GiB
     # (16.91e9 B), more than 16e9 B could hold.
     "tpu_v5e": Chip("tpu_v5e", "google", bf16_flops=197 * T, int8_ops=393 * T, hbm_bytes=16 * GiB,
+                    clock_hz=197 * T / 131_072,
                     hbm_bw=819 * GB, compiler_hbm_bytes=16_911_433_728, link_bw=50 * GB, links=4,
                     torus="2D", wraparound="16-chip axes (full pod: 16x16)", max_slice="16x16",
                     wrap_at=16, max_slice_chips=256,
@@ -145,6 +161,7 @@ HARDWARE: dict[str, Chip] = {
     # per chip (GiB) 95", "2765 GBps", "ICI ... per chip 1200 GBps" (6 links), "DCN bandwidth
     # per chip (Gbps) 50", 3D torus (wraparound on full cubes), max slice 16x16x24.
     "tpu_v5p": Chip("tpu_v5p", "google", bf16_flops=459 * T, fp8_flops=459 * T, int8_ops=918 * T,
+                    clock_hz=459 * T / 262_144,
                     hbm_bytes=95 * GiB, hbm_bw=2765 * GB, compiler_hbm_bytes=102_800_042_229.76,
                     link_bw=100 * GB, links=6, torus="3D",
                     wraparound="slices of whole 4x4x4 cubes", max_slice="16x16x24", wrap_at=4,
@@ -157,6 +174,7 @@ HARDWARE: dict[str, Chip] = {
     # ports per chip 4", "2D torus", 256 a pod, 8 a host. The page's "32 GB" is 32 GiB (the
     # compiler allows 31.25 GiB = 33.55e9 B). DCN: no per-host figure on the page: None.
     "tpu_v6e": Chip("tpu_v6e", "google", bf16_flops=918 * T, int8_ops=1836 * T, hbm_bytes=32 * GiB,
+                    clock_hz=918 * T / 524_288,
                     hbm_bw=1638 * GB, compiler_hbm_bytes=33_554_432_000, link_bw=100 * GB,
                     links=4, torus="2D", wraparound="16-chip axes (full pod: 16x16)",
                     max_slice="16x16", wrap_at=16, max_slice_chips=256, chips_per_host=8,
@@ -167,6 +185,7 @@ HARDWARE: dict[str, Chip] = {
     # 1.2 TB/s bidirectional per chip (Google, "Ironwood" announcement, April 2025), 6 links.
     # Compiler: each TensorCore is a device holding 94.75 GiB; the chip 189.5 GiB.
     "tpu7x": Chip("tpu7x", "google", bf16_flops=2307 * T, fp8_flops=4614 * T,
+                  clock_hz=2307 * T / 2 / 524_288,
                   hbm_bytes=192 * GiB, hbm_bw=7370 * GB, compiler_hbm_bytes=2 * 101_737_037_824,
                   link_bw=100 * GB, links=6, torus="3D", wraparound="slices of whole 4x4x4 cubes",
                   max_slice="9,216-chip pod", wrap_at=4, max_slice_chips=9216,

@@ -107,9 +107,14 @@ def decode_memory(c: ModelConfig, mesh: Mesh, *, batch: int, cache_len: int) -> 
 
 
 def collectives(c: ModelConfig, chip: Chip, mesh: Mesh, *, batch: int, seq_len: int,
-                microbatches: int = 1) -> list[dict]:
+                microbatches: int = 1, head_per_chunk: bool = False) -> list[dict]:
     """Every collective of one training step: axis, kind, array bytes (the whole array the
-    axis shares), times per step, seconds and wire bytes per tier."""
+    axis shares), times per step, seconds and wire bytes per tier.
+
+    head_per_chunk: what XLA:TPU makes of the package's chunked loss under FSDP (read off
+      whole-step compiled HLO, tests/test_planner.py): the head [D, V] gathered again for every
+      chunk of `LOSS_CHUNK` positions and its f32 gradient all-reduced once per chunk, instead
+      of once per step. Off by default: the planner prices the loss as it should run."""
     levels = axis_levels(chip, mesh)
     p = count_params(c)
     pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
@@ -131,6 +136,11 @@ def collectives(c: ModelConfig, chip: Chip, mesh: Mesh, *, batch: int, seq_len: 
     add("fsdp", "all-gather", matrices / t, 2, "weights, forward and again for the backward")
     add("fsdp", "reduce-scatter", matrices / t, 1, "weight gradients")
     add("data+slices", "all-reduce", matrices / (t * f), 1, "weight gradients of the replica")
+    if head_per_chunk and f > 1:
+        chunks = -(-seq_len // LOSS_CHUNK)
+        head = c.hidden_dim * c.vocab_size
+        add("fsdp", "all-gather", head * cb / t, chunks, "the loss's head, once per chunk")
+        add("fsdp", "all-reduce", head * F32 / t, chunks, "the head's f32 gradient, per chunk")
     layers = c.num_layers // pp
     add("tensor", "all-reduce", act, 4 * layers + 2,
         "activations: attention and MLP outputs, forward and backward, and the head")

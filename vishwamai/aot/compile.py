@@ -234,7 +234,14 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
                flops_per_chip=stats.flops, bytes_accessed_per_chip=stats.bytes_accessed,
                collectives={k: v for k, v in stats.collectives.items() if v["count"]},
                fusions=_fusions(text), custom_calls=_custom_calls(text),
-               splash=_splash_in(text))
+               splash=_splash_in(text),
+               # whole-step figures, every while iteration counted (measure.hlo_cost)
+               step_flops_per_chip=stats.step["flops"],
+               step_bytes_accessed_per_chip=stats.step["bytes_accessed"],
+               step_collectives={k: v for k, v in stats.step["collectives"].items()
+                                 if v["count"]},
+               estimated_cycles=stats.step["cycles"],
+               loops=[{k: lp[k] for k in ("trip_count", "times")} for lp in stats.step["loops"]])
     if hlo:
         row["hlo"] = text
     if dump is not None:

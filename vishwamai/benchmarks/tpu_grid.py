@@ -41,7 +41,41 @@ def with_analytic(row: dict, config=None) -> dict:
     row["verdicts_agree"] = bool(row["analytic_fits"] == compiled_fits)
     if compiled_fits:
         row["analytic_over_compiler"] = a["analytic_peak_bytes_per_chip"] / row["peak_bytes_per_chip"]
+        row.update(with_clock(row, config))
     return row
+
+
+def with_clock(row: dict, config=None) -> dict:
+    """The compiler's step time for a compiled train row (`analysis.clock`: its whole-step
+    estimated cycles at the chip's clock), beside the planner's for the same point (40% MFU,
+    no overlap) and their ratio; {} for rows without estimated cycles or not 'train'."""
+    if row.get("mode") != "train" or not (row.get("estimated_cycles") or {}).get("total"):
+        return {}
+    from vishwamai.analysis import planner
+    from vishwamai.analysis.clock import step_seconds
+    from vishwamai.analysis.flops import flops
+    cfg = aot.model_config(config or row["preset"], remat=row.get("remat"),
+                           num_layers=row.get("num_layers"))
+    tokens = row["batch_size"] * row["seq_len"]
+    fpt = flops(cfg, batch=row["batch_size"], seq_len=row["seq_len"], mode="train",
+                remat="none")["model"] / tokens
+    hardware = aot.parse_topology(row["topology"])["hardware"]
+    est = step_seconds({"cycles": row["estimated_cycles"]}, hardware,
+                       tokens_per_device=tokens / row["chips"], model_flops_per_token=fpt)
+    out = {"clock_step_s": est["seconds"]["total"],
+           "clock_compute_s": est["seconds"]["compute"],
+           "clock_collective_s": est["seconds"]["collective"],
+           "clock_copy_s": est["seconds"]["copy"],
+           "clock_tokens_per_s_per_chip": est["tokens_per_s_per_chip"],
+           "clock_mfu": est["mfu"], "clock_fields": True}
+    try:
+        p = planner.step(cfg, hardware, {row["layout"]: row["chips"]}, batch=row["batch_size"],
+                         seq_len=row["seq_len"], remat=row.get("remat"))
+    except Exception as e:  # noqa: BLE001 - a point the planner refuses still has its clock
+        out["planner_error"] = str(e)[:200]
+        return out
+    out.update(planner_step_s=p["step_s"], clock_over_planner=out["clock_step_s"] / p["step_s"])
+    return out
 
 
 def agreement(rows: list[dict]) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from vishwamai import validate
+
 
 # --------------------------------------------------------------------------------------------
 # Argument checks and mask helpers shared by the implementations
@@ -19,6 +21,10 @@ def _check_shapes(q, k, v):
         raise ValueError(
             f"attention expects q [B, T, N, H], k/v [B, S, K, H]; got ranks "
             f"q={q.ndim}, k={k.ndim}, v={v.ndim}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            validate.fail(name, f"<array of {x.dtype}>",
+                          "a floating-point array (float32, bfloat16, float16)", type_error=True)
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape; got k={k.shape}, v={v.shape}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:

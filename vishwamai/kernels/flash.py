@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vishwamai import validate
 from vishwamai.kernels.attention_checks import _check_masks, _check_shapes, _dense_visible
 from vishwamai.kernels.target import backend as _backend
 
@@ -306,12 +307,14 @@ def flash_attention(q, k, v, *, causal: bool = False, mask=None, scale: float | 
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
     G = N // K
+    validate.optional(validate.positive_int)("block_q", block_q)
+    validate.optional(validate.positive_int)("block_k", block_k)
     if T == 0 or S == 0:   # nothing to attend to (or nobody asking): zeros, as empty rows
         return jnp.zeros(q.shape, q.dtype)
     scale = H ** -0.5 if scale is None else float(scale)
     default_q, default_k = DEFAULT_BLOCKS.get(_backend(), DEFAULT_BLOCKS["gpu"])
-    bq, n_q = _plan_blocks(T, block_q or default_q)
-    bk, n_k = _plan_blocks(S, block_k or default_k)
+    bq, n_q = _plan_blocks(T, default_q if block_q is None else block_q)
+    bk, n_k = _plan_blocks(S, default_k if block_k is None else block_k)
     Tp, Sp = n_q * bq, n_k * bk
 
     aux = {}

@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vishwamai import validate
 from vishwamai.config import FP8_SCALINGS as SCALINGS
 from vishwamai.kernels.target import backend as _target_backend
 
@@ -339,7 +340,11 @@ def fp8_gemm_optimized(a, b, *, scaling="tensor", block_size=128, out_dtype=None
         raise ValueError(
             f"contracting dims differ: a is [..., M, K={a.shape[-1]}] but b is "
             f"[K={b.shape[0]}, N]; shapes a={a.shape}, b={b.shape}")
-    out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
+    try:
+        out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
+    except TypeError:
+        validate.fail("out_dtype", out_dtype, "a floating dtype (float32, bfloat16, float16, ...)",
+                      type_error=True)
     _check_float("out_dtype", out_dtype)
     *lead, m, k = a.shape
     out = _fp8_matmul(a.reshape(math.prod(lead) * m, k), b, scaling, block_size, out_dtype,

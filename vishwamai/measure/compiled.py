@@ -4,9 +4,10 @@
 `memory_analysis()` (argument / output / alias / temporary bytes) and, from the compiled HLO
 text, the collectives the program runs and the whole-step figures (`step`: FLOPs, bytes,
 collectives and the TPU compiler's estimated cycles with every `while` iteration counted,
-`measure.hlo_cost.step_figures`; `cost_analysis()` counts a loop body once). It absorbs the version quirks once: `cost_analysis()`
-is a dict in current JAX and a list with one dict per executable in older releases (summed);
-`memory_analysis()` may be None on a backend that does not implement it (bytes are then NaN).
+`measure.hlo_cost.step_figures`; `cost_analysis()` counts a loop body once). It absorbs the
+version quirks once: `cost_analysis()` is a dict in current JAX and a list with one dict per
+executable in older releases (summed); `memory_analysis()` may be None on a backend that does
+not implement it (bytes are then NaN).
 
 Peak bytes follow one definition everywhere in the package: arguments + outputs - aliased
 (donated inputs whose buffers the outputs reuse) + temporaries.

@@ -22,7 +22,14 @@ from vishwamai.transformer import (SCAN_NAME, create_vishwamai_transformer, stac
 
 from vishwamai.model.sampling import (_cache_fill, _check_mask, _check_sampling, _check_token_id,
                                       _mask_positions, cross_entropy, sample_logits)
-from vishwamai.model.weights import _component
+from vishwamai.model.weights import _check_params_tree, _component
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(module):
+    """One jitted `module.init` per module: modules of equal configs are equal (and hash alike),
+    so every `VishwamAI` of a config shares one compiled initialiser per input shape."""
+    return jax.jit(module.init)
 
 
 class VishwamAI:
@@ -43,7 +50,7 @@ class VishwamAI:
         """Initialised parameters (a plain pytree; logical axes via `param_axes()`)."""
         seq_len = min(self.config.max_seq_len, 8) if seq_len is None else seq_len
         tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
-        variables = jax.jit(self.module.init)(rng, tokens)
+        variables = _jitted_init(self.module)(rng, tokens)
         return nn.unbox(variables["params"])
 
     def abstract_params(self):
@@ -186,6 +193,9 @@ class VishwamAI:
         `ignore_index` (e.g. -100) marks labels left out of the loss and of its count.
         """
         tokens_BT = jnp.asarray(tokens_BT)
+        if tokens_BT.ndim != 2 or tokens_BT.shape[1] < 2:
+            validate.fail("tokens_BT", f"<array of shape {list(tokens_BT.shape)}>",
+                          "[B, T] tokens with T >= 2 (position t predicts token t+1)")
         labels_BT = tokens_BT if labels_BT is None else jnp.asarray(labels_BT)
         if labels_BT.shape != tokens_BT.shape:
             raise validate.InputError(f"labels_BT must have the tokens' shape [B, T]="
@@ -244,8 +254,10 @@ class VishwamAI:
         Args:
           prompt_BT: `[B, T]` int prompt.
           max_new_tokens: tokens to append; `T + max_new_tokens <= max_seq_len`.
-          temperature, top_k, top_p: see `sample_logits` (temperature 0 = greedy).
-          rng: PRNG key, required when temperature > 0.
+          temperature, top_k, top_p: see `sample_logits` (temperature 0 = greedy). A `top_k`
+            above the vocabulary is clamped to it (keeps every token), as transformers does.
+          rng: PRNG key (`jax.random.key` or `jax.random.PRNGKey`), required when
+            temperature > 0.
           attention_mask: optional `[B, T]` of 0 (padding) / 1 (token), left-padded.
           prompt_lengths: optional `[B]` ints in [1, T]: row b's prompt is its last
             prompt_lengths[b] tokens (the alternative to `attention_mask`).
@@ -269,7 +281,8 @@ class VishwamAI:
         validate.token_ids("prompt", prompt_BT, self.config.vocab_size)
         if temperature > 0 and rng is None:
             raise ValueError("rng is required when temperature > 0")
-        rng = jax.random.PRNGKey(0) if rng is None else rng
+        rng = jax.random.PRNGKey(0) if rng is None else validate.prng_key("rng", rng)
+        top_k = None if top_k is None else min(int(top_k), self.config.vocab_size)
         B, T = prompt_BT.shape
         if attention_mask is not None and prompt_lengths is not None:
             raise ValueError("give attention_mask or prompt_lengths, not both")
@@ -346,7 +359,9 @@ class VishwamAI:
 
         Raises `vishwamai.checkpoint.CheckpointError` (a `ValueError`) naming `path` if it
         exists (unless `overwrite`) or cannot be written; the process stays able to exit.
+        `params` that are not this model's tree (other paths or shapes) raise `InputError`.
         """
+        _check_params_tree("params", params, self.abstract_params(), self.config.name)
         checkpoint.save(path, params, kind="params", config=self.config.to_dict(),
                         overwrite=overwrite)
 

@@ -60,7 +60,8 @@ def sample_logits(logits_BV, rng, *, temperature: float = 0.0, top_k: int | None
     Args:
       logits_BV: `[B, V]` next-token logits.
       temperature: 0 for argmax; > 0 divides the logits.
-      top_k: keep the k most likely tokens (None: all).
+      top_k: keep the k most likely tokens (None: all; a k above the vocabulary keeps all, as
+        transformers clamps it).
       top_p: keep the smallest set whose probability reaches p (nucleus; None: all).
     Returns:
       `[B]` int32 token ids.
@@ -70,7 +71,7 @@ def sample_logits(logits_BV, rng, *, temperature: float = 0.0, top_k: int | None
         return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     logits_BV = logits_BV / temperature
     if top_k is not None:
-        kth = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+        kth = jax.lax.top_k(logits_BV, min(top_k, logits_BV.shape[-1]))[0][:, -1:]
         logits_BV = jnp.where(logits_BV < kth, -jnp.inf, logits_BV)
     if top_p is not None:
         sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
@@ -85,7 +86,7 @@ def sample_logits(logits_BV, rng, *, temperature: float = 0.0, top_k: int | None
 def _check_sampling(temperature, top_k, top_p, vocab_size):
     validate.non_negative("temperature", temperature)
     if top_k is not None:
-        validate.integer("top_k", top_k, lo=1, hi=vocab_size)
+        validate.integer("top_k", top_k, lo=1)        # above vocab_size: clamped by the caller
     if top_p is not None:
         validate.probability("top_p", top_p)
 

@@ -1,14 +1,41 @@
 """What the parameter tree weighs: each parameter's `PARAM_COMPONENTS` entry (`_component`), the
 bytes of N weights per storage format, and the projection kernels as `[K, N]` GEMMs with their
-size in fp8 (per-tensor, per-row or per-block scales).
+size in fp8 (per-tensor, per-row or per-block scales); and the check that a tree is the model's
+(`_check_params_tree`: the same paths and shapes).
 """
 from __future__ import annotations
 
 import math
 
 import jax
+import numpy as np
 
+from vishwamai import validate
+from vishwamai.checkpoint import leaf_path
 from vishwamai.kernels.fp8 import quantized_nbytes
+
+
+def _check_params_tree(name: str, params, abstract, model_name: str) -> None:
+    """Raises `InputError` naming `name` unless `params` holds the paths and shapes of
+    `abstract` (the model's parameter tree; dtypes and shardings may differ)."""
+    def table(tree):
+        return {leaf_path(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+    want, got = table(abstract), table(params)
+    if want == got:
+        return
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    shapes = [k for k in sorted(set(want) & set(got)) if want[k] != got[k]]
+    if shapes:
+        first = f"{shapes[0]} has shape {list(got[shapes[0]])}, the model's is {list(want[shapes[0]])}"
+    elif missing:
+        first = f"{len(missing)} of the model's parameters are missing, e.g. {missing[0]}"
+    else:
+        first = f"it holds {len(extra)} arrays the model has not, e.g. {extra[0]!r}"
+    total = sum(math.prod(s) for s in want.values())
+    raise validate.InputError(
+        f"{name} is not accepted: expected the parameter tree of model {model_name!r} "
+        f"({len(want)} arrays, {total:,} parameters); {first}")
 
 
 _ATTENTION_PARTS = {"query": "attention_q", "key": "attention_k", "value": "attention_v",

@@ -143,9 +143,11 @@ def head_weight(params, cfg: ModelConfig):
 
 def _split_batch(batch):
     """`tokens [B, T+1]` or `{'tokens': [B, T+1], 'mask': [B, T]}` -> (tokens, mask or None)."""
-    if isinstance(batch, Mapping):
-        return batch["tokens"], batch.get("mask")
-    return batch, None
+    tokens, mask = (batch["tokens"], batch.get("mask")) if isinstance(batch, Mapping) else (batch, None)
+    if jnp.ndim(tokens) != 2 or jnp.shape(tokens)[1] < 2:
+        validate.fail("batch", f"<tokens of shape {list(jnp.shape(tokens))}>",
+                      "int tokens [B, T+1] with T >= 1, or {'tokens': [B, T+1], 'mask': [B, T]}")
+    return tokens, mask
 
 
 def make_loss_fn(model, *, chunk_size: int = DEFAULT_CHUNK, train: bool = True):
@@ -193,7 +195,8 @@ def make_grad_fn(model, *, chunk_size: int = DEFAULT_CHUNK, accum_steps: int = 1
         if accum_steps == 1:
             return jax.value_and_grad(scaled)(params, tokens, mask, rng)
         if B % accum_steps:
-            raise ValueError(f"batch size {B} is not divisible by accum_steps={accum_steps}")
+            raise validate.InputError(f"accum_steps={accum_steps} is not accepted: the batch size "
+                                      f"{B} is not divisible by it")
         b = B // accum_steps
         tok_A = tokens.reshape(b, accum_steps, T1).swapaxes(0, 1)
         msk_A = mask.reshape(b, accum_steps, T1 - 1).swapaxes(0, 1)
