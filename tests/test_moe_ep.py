@@ -1,13 +1,11 @@
 """Expert parallelism on 8 simulated CPU devices (a child process: a JAX process fixes its
 device count at first use): the all-to-all dispatch equals the one-device dropless path in
 value and gradient, alone and combined with data and fsdp axes, and inside the model."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.subprocess_devices import run_on_eight_cpu_devices
 
 TOL = 1e-4  # f32; the sharded program sums in another order (measured max ~2e-5)
 
@@ -114,14 +112,7 @@ CHILD = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def eight_devices():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_on_eight_cpu_devices(CHILD)
 
 
 @pytest.mark.parametrize("mesh", ["expert8", "data2_expert4", "data2_fsdp2_expert2"])

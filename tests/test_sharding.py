@@ -2,14 +2,12 @@
 single-device ones for the data, FSDP and tensor-parallel layouts, and parameters really are
 split. The 8-device checks run in a child process (a JAX process fixes its device count at
 first use, and the rest of the suite runs on one device)."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import pytest
+
+from tests.subprocess_devices import run_on_eight_cpu_devices
 
 from vishwamai import sharding
 
@@ -75,14 +73,7 @@ CHILD = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def eight_devices():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_on_eight_cpu_devices(CHILD)
 
 
 @pytest.mark.parametrize("layout", sharding.LAYOUTS)

@@ -9,14 +9,13 @@ against two: the per-layer part doubles (checked as 4L - 2L = 2L - 0L within 2%,
 difference between the two compiles equals the two-layer compile's layer part).
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import pytest
+
+from tests.subprocess_devices import run_on_eight_cpu_devices
 
 from vishwamai import aot
 from vishwamai.measure import CompiledStats, hlo, hlo_cost, step_figures
@@ -59,14 +58,7 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def cpu_compiles():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_on_eight_cpu_devices(CHILD)
 
 
 def _close(a, b, rtol=RTOL):

@@ -14,5 +14,5 @@ from vishwamai.config.hf_keys import (  # noqa: F401
     _GPT2_ACTIVATIONS, _HF_DEFAULTS, _HF_REQUIRED, _IGNORED_KEYS, _hf_fields, _hf_int,
     _hf_model_type, _hf_refuse, _hf_rope, _hf_window, _read_hf_config, _to_hf)
 from vishwamai.config.presets import (  # noqa: F401
-    HF_CONFIG_PARAMS, PRESETS, PUBLISHED_PARAMS, SEED_PRESETS, _llama, _seed, as_config,
+    DENSE_PRESETS, HF_CONFIG_PARAMS, PRESETS, PUBLISHED_PARAMS, SEED_PRESETS, _llama, _seed, as_config,
     get_preset, hf_config, resolve_preset, seed_configs)

@@ -113,6 +113,10 @@ PUBLISHED_PARAMS = {
 
 SEED_PRESETS = ("base", "large", "xl", "xxl")
 
+# The presets with a dense MLP in every block (chapters 1 and 2 tabulate these; the mixture-of-
+# experts presets have a chapter of their own).
+DENSE_PRESETS: dict[str, ModelConfig] = {n: c for n, c in PRESETS.items() if not c.num_experts}
+
 # Public Hugging Face config.json files shipped in vishwamai/data/hf_configs, and the parameter
 # counts their model cards publish (the safetensors index totals: bytes / 2 for bf16 and fp16).
 HF_CONFIG_PARAMS = {
