@@ -134,3 +134,14 @@ def test_buffer_shapes_are_cut_between_shapes():
     out = _whole_shapes(s, width=70)
     assert out == "bf16[1,1024,32,128], bf16[1,2048,2,11008], bf16[2048,2,11008], +2 more"
     assert _whole_shapes("f32[4096,32000]") == "f32[4096,32000]"
+
+
+def test_a_row_of_panels_may_label_its_shared_scale_once():
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3), sharey=True)
+    for ax in axes:
+        ax.plot([0, 1, 2], [0, 1, 4])
+        ax.set_xlabel("key position")
+    axes[0].set_ylabel("query position")
+    assert plotting.figure_problems(fig) == []
+    axes[0].set_ylabel("")
+    assert any("y axis has no label" in p for p in plotting.figure_problems(fig))

@@ -204,6 +204,28 @@ def _is_reference_line(ln) -> bool:
     return len(xd) == 2 and (list(xd) == [0, 1] or list(yd) == [0, 1])
 
 
+def _labelled_by_neighbour(fig, ax, which: str, ticks: bool = False) -> bool:
+    """A grid of panels may label a shared scale once: another panel in the same row (for y) or
+    column (for x), with the same limits, carries the label (`ticks`: the tick labels; panels
+    side by side may share their y tick labels, stacked panels each show their x tick labels)."""
+    box = ax.get_position()
+    for other in fig.axes:
+        if other is ax:
+            continue
+        axis = other.yaxis if which == "y" else other.xaxis
+        if ticks:
+            if len([t for t in _labels(axis) if t.get_visible() and t.get_text().strip()]) < 2:
+                continue
+        elif not (other.get_ylabel() if which == "y" else other.get_xlabel()).strip():
+            continue
+        ob = other.get_position()
+        if which == "y" and other.get_ylim() == ax.get_ylim() and abs(ob.y0 - box.y0) < 0.02:
+            return True
+        if which == "x" and other.get_xlim() == ax.get_xlim() and abs(ob.x0 - box.x0) < 0.02:
+            return True
+    return False
+
+
 def figure_problems(fig, *, min_overlap_px: float = 2.0) -> list[str]:
     """What keeps `fig` from the book's figure standard; empty when it meets it.
 
@@ -257,9 +279,10 @@ def figure_problems(fig, *, min_overlap_px: float = 2.0) -> list[str]:
                 if not shown:
                     problems.append(f"{name!r}: {axis.axis_name} axis has no tick labels")
                 continue
-            if len({t.get_text() for t in shown}) < 2:
+            if len({t.get_text() for t in shown}) < 2 and not (
+                    not shown and axis.axis_name == "y" and _labelled_by_neighbour(fig, ax, "y", ticks=True)):
                 problems.append(f"{name!r}: {axis.axis_name} axis has {len(shown)} labelled tick(s)")
-            if not label.strip():
+            if not label.strip() and not _labelled_by_neighbour(fig, ax, axis.axis_name):
                 problems.append(f"{name!r}: {axis.axis_name} axis has no label")
         lg = ax.get_legend()
         if lg is not None and lg.get_visible():
