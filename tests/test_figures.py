@@ -145,3 +145,18 @@ def test_a_row_of_panels_may_label_its_shared_scale_once():
     assert plotting.figure_problems(fig) == []
     axes[0].set_ylabel("")
     assert any("y axis has no label" in p for p in plotting.figure_problems(fig))
+
+
+def test_every_chapter_figure_goes_through_plt_show():
+    """The figure check runs at plt.show (conftest.py): a cell that draws must call it."""
+    import json
+    import pathlib
+    book = pathlib.Path(__file__).resolve().parents[1] / "book"
+    missing = []
+    for path in sorted(book.glob("[!.]*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            src = "".join(cell["source"])
+            if cell["cell_type"] == "code" and ("subplots(" in src or "plt.figure(" in src) \
+                    and "plt.show()" not in src:
+                missing.append(f"{path.name} {cell.get('id')}")
+    assert not missing, missing
