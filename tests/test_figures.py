@@ -160,3 +160,11 @@ def test_every_chapter_figure_goes_through_plt_show():
                     and "plt.show()" not in src:
                 missing.append(f"{path.name} {cell.get('id')}")
     assert not missing, missing
+
+
+def test_one_value_needs_only_one_tick():
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot([4], [120.0], "o")
+    ax.set_xticks([4], ["4"])
+    ax.set(xlabel="batch (sequences)", ylabel="tokens/s")
+    assert not [p for p in plotting.figure_problems(fig) if "x axis" in p]

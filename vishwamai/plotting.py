@@ -279,7 +279,8 @@ def figure_problems(fig, *, min_overlap_px: float = 2.0) -> list[str]:
                 if not shown:
                     problems.append(f"{name!r}: {axis.axis_name} axis has no tick labels")
                 continue
-            if len({t.get_text() for t in shown}) < 2 and not (
+            single = (ax.dataLim.width if axis.axis_name == "x" else ax.dataLim.height) == 0
+            if len({t.get_text() for t in shown}) < (1 if single else 2) and not (
                     not shown and axis.axis_name == "y" and _labelled_by_neighbour(fig, ax, "y", ticks=True)):
                 problems.append(f"{name!r}: {axis.axis_name} axis has {len(shown)} labelled tick(s)")
             if not label.strip() and not _labelled_by_neighbour(fig, ax, axis.axis_name):
