@@ -252,14 +252,15 @@ def figure_problems(fig, *, min_overlap_px: float = 2.0) -> list[str]:
             problems.append(f"{what} {t.get_text()!r} at {t.get_fontsize():.1f} pt < {MIN_FONT_PT}")
     # Text's own extent: an annotation's arrow is not its label
     boxes = [(what, t, mpl.text.Text.get_window_extent(t, r)) for what, t in texts]
-    for i, (wa, ta, ba) in enumerate(boxes):
-        for wb, tb, bb in boxes[i + 1:]:
+    if boxes:   # every pair at once: a heatmap has hundreds of labels
+        e = np.array([[b.x0, b.x1, b.y0, b.y1] for _, _, b in boxes])
+        dx = np.minimum(e[:, None, 1], e[None, :, 1]) - np.maximum(e[:, None, 0], e[None, :, 0])
+        dy = np.minimum(e[:, None, 3], e[None, :, 3]) - np.maximum(e[:, None, 2], e[None, :, 2])
+        for i, j in zip(*np.nonzero(np.triu((dx > min_overlap_px) & (dy > min_overlap_px), k=1))):
+            (wa, ta, _), (wb, tb, _) = boxes[i], boxes[j]
             if wa == wb and wa.endswith("tick") and (ta.get_rotation() or tb.get_rotation()):
                 continue
-            dx = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
-            dy = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
-            if dx > min_overlap_px and dy > min_overlap_px:
-                problems.append(f"{wa} {ta.get_text()!r} overlaps {wb} {tb.get_text()!r}")
+            problems.append(f"{wa} {ta.get_text()!r} overlaps {wb} {tb.get_text()!r}")
     for k, ax in enumerate(fig.axes):
         if not ax.get_visible() or not ax.axison:
             continue
