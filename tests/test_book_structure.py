@@ -76,3 +76,16 @@ def test_the_oom_crash_is_told_once_in_the_errata():
                     and not re.search(r"^#+ What to take away", "".join(c["source"]), re.M):
                 told.append(path.name)
     assert told == ["appendix_errata.ipynb"], told
+
+
+def test_the_introduction_asks_each_chapter_its_own_question():
+    intro = INTRO.read_text()
+    for stem in toc_pages():
+        m = re.search(r"\*\*The question\.\*\* (.*?)\n\n", opening(stem), re.S)
+        if not m:
+            continue
+        item = re.search(r"^- \[[^\]]*\]\(" + re.escape(stem) + r"\.(?:ipynb|md)\): (.*?)(?=\n\n|\n- |\Z)",
+                         intro, re.S | re.M)
+        assert item, f"{stem} is not listed in the introduction"
+        asked = " ".join(m.group(1).split())
+        assert " ".join(item.group(1).split()) == asked[0].lower() + asked[1:], stem
