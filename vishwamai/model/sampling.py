@@ -131,7 +131,7 @@ def _cache_fill(cache):
     capacity = None
     for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
         if getattr(path[-1], "key", None) == "cached_key":
-            capacity = leaf.shape[-3]          # [B, S, K, H], or [L, B, S, K, H] scanned
+            capacity = leaf.shape[-2]          # [K*B, S, H], or [L, K*B, S, H] scanned
             break
     if used is None or capacity is None:
         return None, None
