@@ -90,6 +90,21 @@ def test_generate_is_one_compiled_loop():
     assert again["count"] == 0
 
 
+def test_generate_time_follows_the_cache_buckets():
+    """`generate` reads a cache bucket per step (first power of two over the prompt, at least
+    `CACHE_BUCKET_MIN`, doubling, the last one the total): the prediction sums the steps of
+    each bucket at that bucket's context."""
+    from vishwamai.model.sampling import CACHE_BUCKET_MIN, cache_buckets
+    assert cache_buckets(64, 512) == [CACHE_BUCKET_MIN, 512] == [256, 512]
+    assert cache_buckets(300, 1000) == [512, 1000] and cache_buckets(10, 20) == [20]
+    kw = dict(peak=1e10, bandwidth=1e9, weight_dtype="float32", kv_dtype="float32")
+    got = serving.generate_time("tiny", None, batch=2, prompt_len=64, new_tokens=448, **kw)
+    want = (serving.prefill("tiny", None, batch=2, prompt_len=64, **kw)["time_s"]
+            + 192 * serving.decode_step("tiny", None, batch=2, context=256, **kw)["time_s"]
+            + 255 * serving.decode_step("tiny", None, batch=2, context=512, **kw)["time_s"])
+    assert got["total_s"] == pytest.approx(want, rel=REL)
+
+
 # The compiled decode step's bytes against the roofline's (weights + the live KV cache + the
 # logits). A `tiny`-sized model with `small`'s head shape (H 64, one query head per key/value
 # head) at batch 8, where the cache outweighs the weights, so extra passes over it show.

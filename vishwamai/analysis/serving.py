@@ -188,15 +188,21 @@ def generate_time(cfg: ModelConfig | str, hardware: str | Chip | None = None, *,
                   prompt_len: int, new_tokens: int, **kwargs) -> dict:
     """Predicted seconds of `VishwamAI.generate(prompt [B, T], N)` as the package runs it.
 
-    Its cache holds T + N positions from the start and every decode step reads all of them
-    (the unused ones masked), so each of the N - 1 scanned steps costs `decode_step` at
-    context T + N; the prompt is one prefill. Returns prefill_s, step_s, total_s.
+    The prompt is one prefill; the N - 1 scanned steps run through the cache's length
+    buckets (`model.sampling.cache_buckets`), each step reading its whole bucket: the steps
+    in a bucket of capacity C cost `decode_step` at context C. Returns prefill_s, step_s
+    (the last bucket's step), bound (of that step) and total_s.
     """
+    from vishwamai.model.sampling import cache_buckets
     _check(batch, new_tokens, "new_tokens")
     p = prefill(cfg, hardware, batch=batch, prompt_len=prompt_len, **kwargs)
-    s = decode_step(cfg, hardware, batch=batch, context=prompt_len + new_tokens, **kwargs)
+    total, done, s = p["time_s"], 0, None
+    for cap in cache_buckets(prompt_len, prompt_len + new_tokens):
+        n = min(cap - prompt_len, new_tokens - 1) - done
+        s = decode_step(cfg, hardware, batch=batch, context=cap, **kwargs)
+        total, done = total + max(n, 0) * s["time_s"], done + max(n, 0)
     return {"prefill_s": p["time_s"], "step_s": s["time_s"], "bound": s["bound"],
-            "total_s": p["time_s"] + (new_tokens - 1) * s["time_s"]}
+            "total_s": total}
 
 
 def per_token_by_difference(cfg: ModelConfig | str, hardware: str | Chip | None = None, *,

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from vishwamai.kernels.attention import attention
 from vishwamai.kernels.decode import cached_attention, merge_cache, split_cache
+from vishwamai.kernels.target import backend
 from vishwamai.layers.linear import linear_for
 from vishwamai.layers.norms import RMSNorm
 from vishwamai.layers.rope import apply_rope
@@ -66,14 +67,16 @@ class FlashAttention(nn.Module):
         if decode:
             B = k_BTKH.shape[0]
             k_bSH, v_bSH, mask = self._update_cache(k_BTKH, v_BTKH)
-            if mask is not None and q_BTNH.shape[1] == 1:
-                # One new token: attend over the cache where it lies (no copy of it).
+            splash = impl == "pallas_tpu" or (impl == "auto" and backend() == "tpu")
+            if mask is not None and q_BTNH.shape[1] == 1 and not splash:
+                # One new token: attend over the cache where it lies (no copy of it). A TPU
+                # keeps its splash kernel, which takes the keys heads-major anyway.
                 if kv_valid_BS is not None:
                     self._check_valid(kv_valid_BS, B, k_bSH.shape[1])
                     mask = mask & kv_valid_BS.astype(bool)[:, None, None, :]
                 out_BTNH = cached_attention(q_BTNH, k_bSH, v_bSH, mask)
                 return self._out(out_BTNH, deterministic)
-            if mask is not None:   # a prompt: the cache back in the attention op's layout
+            if mask is not None:   # a prompt, or splash: the cache in the attention op's layout
                 k_BTKH, v_BTKH = split_cache(k_bSH, B), split_cache(v_bSH, B)
             causal = mask is None
         if kv_valid_BS is not None:
