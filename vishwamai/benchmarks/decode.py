@@ -267,7 +267,7 @@ def run(presets=("small", "base"), batches=(1, 8), cache_lens=(64, 128, 256, 512
             "throughput": {"preset": throughput_preset, "cache_len": throughput_cache,
                            "rows": curve},
             "planner": planner_curves(context=throughput_cache,
-                                      batches=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512])}
+                                      batches=[2 ** i for i in range(12)])}
 
 
 def main(argv=None) -> dict:
