@@ -112,7 +112,8 @@ def test_quantized_generate_and_scanned_layers(tiny):
 
 def test_decode_bytes_analytic_quarter_of_f32():
     f32 = quant.decode_weight_bytes(VishwamAI("small"))
-    i8 = quant.decode_weight_bytes(VishwamAI(VishwamAI("small").config.replace(weight_quant="int8")))
+    small = VishwamAI("small").config
+    i8 = quant.decode_weight_bytes(VishwamAI(small.replace(weight_quant="int8")))
     assert i8["kernels"] * 4 == f32["kernels"]
     assert 3.9 <= f32["total"] / i8["total"] <= 4.0   # scales and norms stay f32
 

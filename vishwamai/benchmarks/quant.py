@@ -7,8 +7,9 @@ roofline's prediction, and quality after training.
 - bytes: `quant.decode_weight_bytes` (the real tree: kernels, scales, the rest) per storage and
   the compiled CPU decode step's `memory_analysis` arguments and `cost_analysis` bytes.
 - latency: `benchmarks.decode.measure_decode` (generate(2N) - generate(N)) / N for the float
-  model and its int8 / fp8 versions, one repeat of each in turn per round (a drifting shared
-  machine hits all alike); speedup = f32 / quantized per round, median and p10-p90 over rounds.
+  model and its int8 / fp8 versions, `--repeats` pairs of each in turn per round (a drifting
+  shared machine hits all alike); speedup = f32 / quantized per round, median and p10-p90 over
+  rounds.
   Predicted: bytes read per token / the matrix-vector bandwidth measured in the same process.
 - quality: the train preset trained `--steps` steps on the package's text (`vishwamai.data`),
   quantized once; held-out loss (fixed validation windows) and greedy continuations of
@@ -51,7 +52,8 @@ def bytes_table(preset: str, *, batch: int = 1, cache_len: int = 64) -> dict:
                                "bytes_accessed": st.bytes_accessed, "temp_bytes": st.temp_bytes}
         rows[name] = row
     w = {k: v["analytic"]["total"] for k, v in rows.items()}
-    ratios = {"f32_over_int8": w["float32"] / w["int8"], "bf16_over_int8": w["bfloat16"] / w["int8"],
+    ratios = {"f32_over_int8": w["float32"] / w["int8"],
+              "bf16_over_int8": w["bfloat16"] / w["int8"],
               "f32_over_fp8": w["float32"] / w["fp8"],
               "compiled_accessed_f32_over_int8": rows["float32"]["compiled"]["bytes_accessed"]
               / rows["int8"]["compiled"]["bytes_accessed"],
@@ -68,7 +70,7 @@ def _spread(x) -> dict:
 
 
 def latency(preset: str, *, batch: int = 1, prompt_len: int = 32, new_tokens: int = 16,
-            rounds: int = 5) -> dict:
+            rounds: int = 5, repeats: int = 2) -> dict:
     """Per-token decode latency of the float model and its quantized versions, alternated."""
     model = VishwamAI(preset)
     params = model.init(jax.random.PRNGKey(0))
@@ -85,11 +87,12 @@ def latency(preset: str, *, batch: int = 1, prompt_len: int = 32, new_tokens: in
     for _ in range(rounds):
         for k, (m, p) in models.items():
             r = measure_decode(m, p, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens,
-                               repeats=1)
+                               repeats=repeats)
             per[k].append(r["per_token_s"]["median"])
     bw_after = matvec_bandwidth()
     out = {"preset": preset, "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
-           "cache_len": cache, "rounds": rounds, "matvec_bandwidth": [bw, bw_after], "modes": {}}
+           "cache_len": cache, "rounds": rounds, "repeats_per_round": repeats,
+           "matvec_bandwidth": [bw, bw_after], "modes": {}}
     for k in models:
         out["modes"][k] = {"per_token_s": _spread(per[k]), "predicted_s": pred[k],
                            "measured_over_predicted": float(np.median(per[k])) / pred[k]}
@@ -139,13 +142,16 @@ def main(argv=None) -> dict:
                     default=300)
     ap.add_argument("--rounds", type=validate.cli_type(validate.positive_int),
                     default=5)
+    ap.add_argument("--repeats", type=validate.cli_type(validate.positive_int), default=2,
+                    help="timed (N, 2N) pairs per model per round (their median is the round's)")
     ap.add_argument("--batch", type=validate.cli_type(validate.positive_int), default=1)
     ap.add_argument("--out", default=os.path.join("book", "results", "quant.json"))
     a = ap.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     res = {"started": started, "env": env_info(),
            "bytes": bytes_table(a.latency_preset, batch=a.batch),
-           "latency": latency(a.latency_preset, batch=a.batch, rounds=a.rounds),
+           "latency": latency(a.latency_preset, batch=a.batch, rounds=a.rounds,
+                                 repeats=a.repeats),
            "quality": quality(a.train_preset, steps=a.steps)}
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:

@@ -60,7 +60,8 @@ def quantize_weight(w, in_axes, mode: str = "int8"):
     mode = _check_mode(mode)
     w = jnp.asarray(w)
     if not jnp.issubdtype(w.dtype, jnp.floating):
-        validate.fail("w", f"<array of dtype {w.dtype}>", "a floating-point kernel", type_error=True)
+        validate.fail("w", f"<array of dtype {w.dtype}>", "a floating-point kernel",
+                      type_error=True)
     in_axes = tuple(int(a) % w.ndim for a in in_axes)
     w32 = w.astype(jnp.float32)
     amax = jnp.max(jnp.abs(w32), axis=in_axes, keepdims=True)

@@ -68,13 +68,17 @@ class Linear(nn.Module):
         if self.is_initializing():
             drawn = quantize_weight(init(self.make_rng("params"), shape, jnp.float32),
                                     tuple(range(self.in_axes)), self.weight_quant)
-        fill = lambda i, s, d: (lambda *_: drawn[i] if drawn is not None else jnp.zeros(s, d))  # noqa: E731
+
+        def fill(i, s, d):
+            return lambda *_: drawn[i] if drawn is not None else jnp.zeros(s, d)
+
         q = self.param("kernel", nn.with_logical_partitioning(fill(0, shape, store),
                                                               self.kernel_axes))
         scale_axes = (None,) * self.in_axes + tuple(self.kernel_axes[self.in_axes:])
         scale = self.param("kernel_scale", nn.with_logical_partitioning(
             fill(1, scale_shape, jnp.float32), scale_axes))
-        y = quantized_matmul(x.reshape(-1, prod(in_shape)), q.reshape(prod(in_shape), prod(features)),
+        y = quantized_matmul(x.reshape(-1, prod(in_shape)),
+                             q.reshape(prod(in_shape), prod(features)),
                              scale.reshape(prod(features)), out_dtype=self.dtype)
         return y.reshape(*batch_shape, *features)
 
