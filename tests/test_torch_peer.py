@@ -1,6 +1,8 @@
 """The PyTorch peer benchmark (`vishwamai.benchmarks.torch_peer`): its config mapping builds the
 same model in transformers (same parameter count, same logits from the same weights), its ratio
 summary, its refusal of configs Llama cannot express, and one eager smoke run."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -60,8 +62,11 @@ def test_threads_match_xla():
     assert torch_peer.cpu_threads() >= 1
 
 
-def test_eager_smoke_run():
-    res = torch_peer.run("tiny", 1, 16, pairs=1, compile=False, progress=False)
+def test_eager_smoke_run(tmp_path):
+    out = tmp_path / "peer.json"
+    res = torch_peer.run("tiny", 1, 16, pairs=2, compile=False, progress=False, out=str(out))
+    written = json.loads(out.read_text())
+    assert written["pairs"] == 2 and len(written["ratios"]["torch_eager"]["train"]["ratios"]) == 2
     assert set(res["sides"]) == {"vishwamai", "torch_eager"}
     assert set(res["ratios"]) == {"torch_eager"}
     assert set(res["ratios"]["torch_eager"]) == {"train", "forward"}

@@ -195,14 +195,49 @@ def _load() -> float | None:
         return None
 
 
-def run(preset="small", batch_size: int = 8, seq_len: int = 256, *, pairs: int = 7,
-        compile: bool = True, eager: bool = True, seed: int = 0, progress: bool = True) -> dict:
-    """Times both sides alternately (see the module docstring); returns the result dict."""
+def _summary(cfg, batch_size, seq_len, names, times, first, losses, sides, threads, loads,
+             rounds: int, pairs: int) -> dict:
     import jax
     import torch
     import transformers
-    from vishwamai.benchmarks.model import _config
     from vishwamai.measure import env_info, spread
+    ours = sides["vishwamai"]
+    result = {"benchmark": "torch_peer", "model": cfg.name, "batch_size": batch_size,
+              "seq_len": seq_len, "dtype": cfg.dtype, "pairs": rounds, "pairs_requested": pairs,
+              "params": int(sum(np.size(x) for x in jax.tree.leaves(ours["params"]))),
+              "hf_config": hf_llama_config(cfg), "sides": {}, "ratios": {},
+              "threads": {"xla_cpu_intra_op": threads, "torch_intra_op": torch.get_num_threads(),
+                          "torch_inter_op": torch.get_num_interop_threads()},
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+              "optimizer": {n: sides[n]["optimizer"] for n in names if n != "vishwamai"},
+              "provenance": {"command": "python -m vishwamai.benchmarks.torch_peer",
+                             "commit": _commit(), "load_start": loads[0], "load_end": loads[-1],
+                             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                                 timespec="seconds"),
+                             "host": platform.processor() or platform.machine()},
+              "env": env_info()}
+    for name in names:
+        result["sides"][name] = {
+            kind: {**spread(times[(name, kind)]), "first_call_s": first[(name, kind)],
+                   "tokens_per_s": batch_size * seq_len / float(np.median(times[(name, kind)]))}
+            for kind in KINDS}
+        result["sides"][name]["losses"] = losses[name]
+    result["sides"]["vishwamai"]["compile_s"] = ours["compile_s"]
+    for peer in names[1:]:
+        result["ratios"][peer] = {kind: ratio_summary(times[("vishwamai", kind)],
+                                                      times[(peer, kind)]) for kind in KINDS}
+    return result
+
+
+def run(preset="small", batch_size: int = 8, seq_len: int = 256, *, pairs: int = 7,
+        compile: bool = True, eager: bool = True, seed: int = 0, progress: bool = True,
+        out: str | None = None) -> dict:
+    """Times both sides alternately (see the module docstring); returns the result dict and,
+    with `out`, writes it there after every round."""
+    import jax
+    import torch
+    from vishwamai.benchmarks.harness import save_results
+    from vishwamai.benchmarks.model import _config
     validate.positive_int("batch_size", batch_size)
     validate.positive_int("seq_len", seq_len)
     validate.positive_int("pairs", pairs)
@@ -239,41 +274,22 @@ def run(preset="small", batch_size: int = 8, seq_len: int = 256, *, pairs: int =
     names = list(sides)
     times = {(n, k): [] for n in names for k in KINDS}
     losses = {n: [] for n in names}
+    result = {}
     for r in range(pairs):
         order = names[r % len(names):] + names[:r % len(names)]
         for kind in KINDS:
             for name in order:
                 t0 = time.perf_counter()
-                out = sides[name][kind]()
+                value = sides[name][kind]()
                 times[(name, kind)].append(time.perf_counter() - t0)
                 if kind == "train":
-                    losses[name].append(out)
+                    losses[name].append(value)
         say(f"round {r + 1}/{pairs}: " + ", ".join(
             f"{n} {k} {times[(n, k)][-1]:.3f} s" for k in KINDS for n in names), flush=True)
-    loads.append(_load())
-    result = {"benchmark": "torch_peer", "model": cfg.name, "batch_size": batch_size,
-              "seq_len": seq_len, "dtype": cfg.dtype, "pairs": pairs,
-              "params": int(sum(np.size(x) for x in jax.tree.leaves(ours["params"]))),
-              "hf_config": hf_llama_config(cfg), "sides": {}, "ratios": {},
-              "threads": {"xla_cpu_intra_op": threads, "torch_intra_op": torch.get_num_threads(),
-                          "torch_inter_op": torch.get_num_interop_threads()},
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-              "optimizer": {n: sides[n]["optimizer"] for n in names if n != "vishwamai"},
-              "provenance": {"command": "python -m vishwamai.benchmarks.torch_peer",
-                             "commit": _commit(), "load_start": loads[0], "load_end": loads[-1],
-                             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                                 timespec="seconds"), "host": platform.processor() or platform.machine()},
-              "env": env_info()}
-    for name in names:
-        result["sides"][name] = {
-            kind: {**spread(times[(name, kind)]), "first_call_s": first[(name, kind)],
-                   "tokens_per_s": batch_size * seq_len / float(np.median(times[(name, kind)]))}
-            for kind in KINDS}
-        result["sides"][name]["losses"] = losses[name]
-    result["sides"]["vishwamai"]["compile_s"] = ours["compile_s"]
-    for peer in names[1:]:
-        result["ratios"][peer] = {kind: ratio_summary(times[("vishwamai", kind)],
-                                                      times[(peer, kind)]) for kind in KINDS}
+        result = _summary(cfg, batch_size, seq_len, names, times, first, losses, sides, threads,
+                          loads + [_load()], r + 1, pairs)
+        if out:                                   # keep the rounds done if a later one dies
+            save_results(out, result)
     return result
 
 
@@ -303,11 +319,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from vishwamai.benchmarks.harness import save_results
     res = run(args.preset, args.batch, args.seq, pairs=args.pairs, compile=not args.no_compile,
-              eager=not args.no_eager)
+              eager=not args.no_eager, out=args.out or None)
     if args.out:
-        save_results(args.out, res)
         print(f"wrote {args.out}")
     return res
 
