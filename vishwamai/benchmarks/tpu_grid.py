@@ -257,7 +257,7 @@ def main(args: argparse.Namespace) -> dict:
     return payload
 
 
-def merge(paths: list[str], out: str, command: str) -> dict:
+def merge(paths: list[str], out: str, command: str, *, fp8: bool = True) -> dict:
     """One grid file from shards written by `--start/--stop/--points` runs (in the order
     given; a point compiled again in a later file replaces the earlier row)."""
     parts = [json.loads(open(p).read()) for p in paths]
@@ -279,7 +279,7 @@ def merge(paths: list[str], out: str, command: str) -> dict:
     for d in parts:
         if "fp8" in d:
             payload["fp8"] = d["fp8"]
-    if "fp8" not in payload:
+    if fp8 and "fp8" not in payload:
         payload["fp8"] = fp8_findings()
     _write(out, payload)
     return payload
@@ -306,7 +306,7 @@ def _grid_main(argv=None) -> dict:
     command = "python -m vishwamai.benchmarks.tpu_grid " + " ".join(
         sys.argv[1:] if argv is None else argv)
     if args.merge:
-        payload = merge(args.merge, args.out, command.strip())
+        payload = merge(args.merge, args.out, command.strip(), fp8=args.grid == "dense")
         print(json.dumps(payload["agreement"]))
         return payload
     pts = moe_grid_points() if args.grid == "moe" else grid_points()
