@@ -168,6 +168,8 @@ def test_memory_per_chip_splits_experts_over_both_axes():
                                            rel=1e-3)
     assert four["gather"] < one["gather"]        # one block's experts: E / 4 of them gathered
     assert four["activations"] == pytest.approx(one["activations"])   # the batch splits 16 ways
+    # the fixed-size all-to-all's receive buffers: room for every peer's rows
+    assert four["moe_dispatch"] == pytest.approx(4 * one["moe_dispatch"])
     assert one["moe_dispatch"] > 0 and one["total"] == pytest.approx(
         sum(v for k, v in one.items() if k != "total"))
     dense = get_preset("base")

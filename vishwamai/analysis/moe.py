@@ -245,7 +245,8 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, expert_p
     the batch splits over every chip but the tensor axis; a token's MLP activations are those
     of its K experts and the shared ones (width `K * F + S`), plus one block's dispatch buffers
     (the routed rows sorted by expert: `moe_memory`'s 'dispatch', in the train step's
-    workspace).
+    workspace; `expert_parallel` times that under expert parallelism, whose fixed-size
+    all-to-all gives every chip room for all its peers' rows).
 
     Args:
       cfg, layout, chips, **kw: as `analysis.roofline.memory_per_chip` (`chips` counts every
@@ -298,7 +299,10 @@ def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, expert_p
         out["optimizer"] = roofline.optimizer_bytes(
             c, kw.get("optimizer", "adamw_param_dtype"))["total"] * n_chip / n["total"]
         b_chip = b_rest if layout == "tensor" else max(1, b_rest // rest)
-        out["moe_dispatch"] = moe_memory(c, batch=b_chip, seq_len=kw["seq_len"])["dispatch"]
+        # Expert parallelism exchanges fixed-size chunks (`kernels.moe_ep`): each chip receives
+        # room for every peer's T_loc * K rows, ep times one chip's assignments, and runs its
+        # experts over all of them (the padding rows included).
+        out["moe_dispatch"] = ep * moe_memory(c, batch=b_chip, seq_len=kw["seq_len"])["dispatch"]
     else:
         out["moe_dispatch"] = 0.0
     if layout == "fsdp" and w["embed"] > 1:
