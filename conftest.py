@@ -52,6 +52,9 @@ def _as_on_colab(config, wheel: str) -> None:
 def pytest_configure(config):
     if not _nbval(config):
         return
+    # Each chapter's kernel holds its figures to the book's standard at plt.show
+    # (vishwamai.plotting.check_figures; tests/test_figures.py).
+    os.environ.setdefault("VISHWAMAI_CHECK_FIGURES", "1")
     if _controller(config):
         from tests.test_notebooks import prepare_ci_copies
 

@@ -29,7 +29,7 @@ TIERS = (
     ("analysis", "train"),
     ("verify", "sharding", "profiler"),
     ("aot", "distributed"),
-    ("aot_gpu",),
+    ("aot_gpu", "quant"),
     ("benchmarks",),
     ("bench",),
 )

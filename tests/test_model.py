@@ -188,6 +188,25 @@ def test_greedy_generation_equals_iterated_argmax(model_and_params):
     np.testing.assert_array_equal(out, seq)
 
 
+def test_generation_through_cache_buckets_equals_iterated_argmax(model_and_params, monkeypatch):
+    """With buckets of 8 the cache grows 8 -> 16 -> 19 positions while generating (a scan per
+    bucket, the cache padded between them): the tokens are those of the full forward pass."""
+    from vishwamai.model import sampling
+    model, params = model_and_params
+    monkeypatch.setattr(sampling, "CACHE_BUCKET_MIN", 8)
+    assert sampling.cache_buckets(5, 19) == [8, 16, 19]
+    jax.clear_caches()                       # a fresh trace of `_generate` with these buckets
+    prompt = _tokens(2, 5, model.config.vocab_size, seed=11)
+    out = model.generate(params, prompt, 14)
+    seq = prompt
+    logits_fn = jax.jit(model.logits)
+    for _ in range(14):
+        nxt = jnp.argmax(logits_fn(params, seq)[:, -1], axis=-1).astype(jnp.int32)
+        seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
+    np.testing.assert_array_equal(out, seq)
+    jax.clear_caches()
+
+
 def _left_pad(prompts, T, pad=0):
     x = np.full((len(prompts), T), pad, np.int32)
     mask = np.zeros((len(prompts), T), np.int32)

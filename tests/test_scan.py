@@ -158,7 +158,7 @@ def test_scanned_equals_unrolled_logits_and_grads(kw, tokens):
 
 def test_scanned_cache_and_generation_equal_unrolled(pair, tokens):
     u, pu, s, ps = pair
-    assert s.init_cache(2, 24)["layers"]["attention"]["cached_key"].shape == (L, 2, 24, 2, 16)
+    assert s.init_cache(2, 24)["layers"]["attention"]["cached_key"].shape == (L, 2 * 2, 24, 16)   # [L, K*B, S, H]
     # Greedy: the prefill and every cached decode step must pick the same tokens.
     gen_u = u.generate(pu, tokens[:, :5], 8)
     gen_s = s.generate(ps, tokens[:, :5], 8)

@@ -90,6 +90,51 @@ def test_generate_is_one_compiled_loop():
     assert again["count"] == 0
 
 
+def test_generate_time_follows_the_cache_buckets():
+    """`generate` reads a cache bucket per step (first power of two over the prompt, at least
+    `CACHE_BUCKET_MIN`, doubling, the last one the total): the prediction sums the steps of
+    each bucket at that bucket's context."""
+    from vishwamai.model.sampling import CACHE_BUCKET_MIN, cache_buckets
+    assert cache_buckets(64, 512) == [CACHE_BUCKET_MIN, 512] == [256, 512]
+    assert cache_buckets(300, 1000) == [512, 1000] and cache_buckets(10, 20) == [20]
+    kw = dict(peak=1e10, bandwidth=1e9, weight_dtype="float32", kv_dtype="float32")
+    got = serving.generate_time("tiny", None, batch=2, prompt_len=64, new_tokens=448, **kw)
+    want = (serving.prefill("tiny", None, batch=2, prompt_len=64, **kw)["time_s"]
+            + 192 * serving.decode_step("tiny", None, batch=2, context=256, **kw)["time_s"]
+            + 255 * serving.decode_step("tiny", None, batch=2, context=512, **kw)["time_s"])
+    assert got["total_s"] == pytest.approx(want, rel=REL)
+
+
+# The compiled decode step's bytes against the roofline's (weights + the live KV cache + the
+# logits). A `tiny`-sized model with `small`'s head shape (H 64, one query head per key/value
+# head) at batch 8, where the cache outweighs the weights, so extra passes over it show.
+DECODE_BYTES_FACTOR = 1.25     # total bytes, compiled / roofline, at each cache length
+KV_BYTES_FACTOR = 1.25         # bytes per added cache position, compiled / roofline
+
+
+def _decode_bytes_config():
+    return get_preset("tiny").replace(num_heads=4, num_kv_heads=4, head_dim=64, hidden_dim=256,
+                                      mlp_dim=512, dtype="float32", param_dtype="float32",
+                                      dropout_rate=0.0)
+
+
+def test_compiled_decode_step_reads_the_cache_once():
+    """XLA's `cost_analysis` bytes of one decode step (cache donated, as `generate` carries
+    it) stay within DECODE_BYTES_FACTOR of `serving.decode_step`'s bytes at two cache
+    lengths, and the bytes added per cache position within KV_BYTES_FACTOR of the cache's
+    own bytes per position: no per-step copy or transposition of the cache. (With the
+    cache in the attention op's `[B, S, K, H]` layout XLA copied every layer's cache each
+    step: 1.7-2.3x the roofline's bytes here, 3.1x per position.)"""
+    from vishwamai.benchmarks.decode import compiled_bytes
+    from vishwamai.model import VishwamAI
+    cfg = _decode_bytes_config()
+    got = compiled_bytes(VishwamAI(cfg), batch=8, lengths=(64, 256))
+    for S, b in got["compiled"].items():
+        ratio = b / got["roofline"][S]
+        assert 0.5 < ratio <= DECODE_BYTES_FACTOR, (S, ratio)
+    assert got["kv_ratio"] <= KV_BYTES_FACTOR, got
+
+
 # Published figures: ratio of our recomputation to the stated figure, under the convention
 # the source uses. MaxText and Megatron-Bridge state both numbers to 4 digits (0.5%);
 # torchtitan states MFU only as "33% to 39%" (the lower end for this row, rounded: 5%).

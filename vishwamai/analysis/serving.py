@@ -64,8 +64,17 @@ def _roofline(flop_count: float, hbm_bytes: float, peak: float, bw: float) -> di
             "bandwidth": bw}
 
 
-def _weights_bytes(c: ModelConfig, weight_dtype: str) -> float:
-    return count_params(c)["total"] * bytes_per(weight_dtype)
+def _weights_bytes(c: ModelConfig, weight_dtype: str, gathered_rows: int | None = None) -> float:
+    """Every parameter's bytes; with `gathered_rows` = B, an untied token embedding (and a
+    learned position table) counts only the B rows a decode step gathers from it."""
+    n = count_params(c)
+    total = n["total"]
+    if gathered_rows is not None:
+        if not c.tie_embeddings:
+            total -= n["embedding"] - gathered_rows * c.hidden_dim
+        if n.get("positions"):
+            total -= n["positions"] - gathered_rows * c.hidden_dim
+    return total * bytes_per(weight_dtype)
 
 
 def _check(batch, seq, name):
@@ -76,8 +85,12 @@ def _check(batch, seq, name):
 def decode_step(cfg: ModelConfig | str, hardware: str | Chip | None = None, *, batch: int,
                 context: int, weight_dtype: str = "bfloat16", kv_dtype: str = "bfloat16",
                 chips: int = 1, peak: float | None = None, bandwidth: float | None = None,
-                dtype: str = "bfloat16") -> dict:
+                dtype: str = "bfloat16", gathered_embedding: bool = False) -> dict:
     """Roofline of one decode step: `batch` new tokens against `context` cached positions.
+
+    `gathered_embedding`: count only the `batch` rows a step gathers from an untied input
+    embedding (a tied one is read whole by the output head anyway), not the whole table;
+    the bytes a step really must read (the default keeps the usual every-weight count).
 
     Returns:
       dict: flops, bytes (weights, kv_read, kv_write, logits, total), compute_s, memory_s,
@@ -89,7 +102,8 @@ def decode_step(cfg: ModelConfig | str, hardware: str | Chip | None = None, *, b
     pk, bw = _machine(hardware, peak, bandwidth, dtype)
     f = decode_flops(c, batch, context)["total"]
     kv = kv_bytes_per_token(c, kv_dtype)
-    parts = {"weights": _weights_bytes(c, weight_dtype), "kv_read": batch * context * kv,
+    parts = {"weights": _weights_bytes(c, weight_dtype, batch if gathered_embedding else None),
+             "kv_read": batch * context * kv,
              "kv_write": batch * kv, "logits": batch * c.vocab_size * 4}
     parts["total"] = sum(parts.values())
     r = _roofline(f / chips, parts["total"] / chips, pk, bw)
@@ -174,15 +188,21 @@ def generate_time(cfg: ModelConfig | str, hardware: str | Chip | None = None, *,
                   prompt_len: int, new_tokens: int, **kwargs) -> dict:
     """Predicted seconds of `VishwamAI.generate(prompt [B, T], N)` as the package runs it.
 
-    Its cache holds T + N positions from the start and every decode step reads all of them
-    (the unused ones masked), so each of the N - 1 scanned steps costs `decode_step` at
-    context T + N; the prompt is one prefill. Returns prefill_s, step_s, total_s.
+    The prompt is one prefill; the N - 1 scanned steps run through the cache's length
+    buckets (`model.sampling.cache_buckets`), each step reading its whole bucket: the steps
+    in a bucket of capacity C cost `decode_step` at context C. Returns prefill_s, step_s
+    (the last bucket's step), bound (of that step) and total_s.
     """
+    from vishwamai.model.sampling import cache_buckets
     _check(batch, new_tokens, "new_tokens")
     p = prefill(cfg, hardware, batch=batch, prompt_len=prompt_len, **kwargs)
-    s = decode_step(cfg, hardware, batch=batch, context=prompt_len + new_tokens, **kwargs)
+    total, done, s = p["time_s"], 0, None
+    for cap in cache_buckets(prompt_len, prompt_len + new_tokens):
+        n = min(cap - prompt_len, new_tokens - 1) - done
+        s = decode_step(cfg, hardware, batch=batch, context=cap, **kwargs)
+        total, done = total + max(n, 0) * s["time_s"], done + max(n, 0)
     return {"prefill_s": p["time_s"], "step_s": s["time_s"], "bound": s["bound"],
-            "total_s": p["time_s"] + (new_tokens - 1) * s["time_s"]}
+            "total_s": total}
 
 
 def per_token_by_difference(cfg: ModelConfig | str, hardware: str | Chip | None = None, *,

@@ -46,15 +46,21 @@ def _local_bytes(tree, shardings) -> int:
                    for a, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))))
 
 
-def _cache_sharding(mesh, leaf):
-    """KV cache `[B, S, K, H]` (`[L, B, S, K, H]` in a scanned model): B over the batch axes, K
-    heads over 'tensor'; indices and other scalars replicated."""
-    names = {4: ("activation_batch", None, "kv_heads", None),
-             5: ("layers", "activation_batch", None, "kv_heads", None)}.get(leaf.ndim)
-    if names is None:
+def _cache_sharding(mesh, leaf, batch_size):
+    """KV cache `[K*B, S, H]` (`[L, K*B, S, H]` in a scanned model; head-major `k*B + b`, see
+    `kernels.decode`): the merged axis over 'tensor' (heads) and then the batch axes, each
+    where it divides K or B, as the activations' heads and batch are split; indices and
+    other scalars replicated."""
+    if leaf.ndim not in (3, 4):
         return NamedSharding(mesh, P())
-    spec, _ = _sh.fit_spec(names, leaf.shape, mesh)
-    return NamedSharding(mesh, spec)
+    K = leaf.shape[-3] // batch_size
+    axes = []
+    for names, size in ((("tensor",), K), (("data", "fsdp", "expert"), batch_size)):
+        split = [a for a in names if mesh.shape.get(a, 1) > 1]
+        if split and size % int(np.prod([mesh.shape[a] for a in split])) == 0:
+            axes += split
+    merged = tuple(axes) if axes else None
+    return NamedSharding(mesh, P(*([None] * (leaf.ndim - 3)), merged, None, None))
 
 
 def _lower_train(model, mesh, batch_size, seq_len):
@@ -87,7 +93,7 @@ def _lower_decode(model, mesh, batch_size, cache_len):
     p_sh = _sh.param_shardings(model, mesh)
     b_sh = _sh.batch_sharding(mesh, batch_size)
     cache = jax.eval_shape(lambda: model.init_cache(batch_size, cache_len))
-    c_sh = jax.tree.map(lambda a: _cache_sharding(mesh, a), cache)
+    c_sh = jax.tree.map(lambda a: _cache_sharding(mesh, a, batch_size), cache)
     spec, _ = _sh.fit_spec(("activation_batch", "activation_length", "vocab"),
                            (batch_size, 1, model.config.vocab_size), mesh)
     fn = jax.jit(model.decode_step, in_shardings=(p_sh, c_sh, b_sh),

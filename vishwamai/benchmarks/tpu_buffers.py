@@ -56,6 +56,18 @@ def overlaps(row: dict, shape_a: str, shape_b: str) -> bool | None:
     return a[0] < b[1] and b[0] < a[1]
 
 
+def _whole_shapes(shapes: str, width: int = 70) -> str:
+    """`shapes` cut to about `width` characters at a comma, never inside a shape: '..., +2 more'."""
+    parts = shapes.split(", ")
+    kept = []
+    for p in parts:
+        if kept and len(", ".join(kept + [p])) > width:
+            break
+        kept.append(p)
+    rest = len(parts) - len(kept)
+    return ", ".join(kept) + (f", +{rest} more" if rest else "")
+
+
 def side_by_side(payload: dict, top: int = 8):
     """One table per pair: rank, then each compiler's allocation (GB) and its values' shapes."""
     import pandas as pd
@@ -67,7 +79,7 @@ def side_by_side(payload: dict, top: int = 8):
                        if r["preset"] == preset and r["topology"] == topo)
             bufs = (row["largest_buffers"] or [])[:top]
             cols[(topo, "GB")] = [f"{b['bytes'] / 1e9:.2f}" for b in bufs]
-            cols[(topo, "values (shapes)")] = [b["shapes"][:70] for b in bufs]
+            cols[(topo, "values (shapes)")] = [_whole_shapes(b["shapes"]) for b in bufs]
         n = max(len(v) for v in cols.values())
         cols = {k: v + [""] * (n - len(v)) for k, v in cols.items()}
         df = pd.DataFrame(cols, index=pd.RangeIndex(1, n + 1))

@@ -6,7 +6,7 @@ whose parameter counts equal the published ones.
 """
 from vishwamai.config.base import (  # noqa: F401
     ACTIVATIONS, ATTENTION_IMPLS, DTYPES, FP8_SCALINGS, NORMS, PARAM_COMPONENTS, POSITIONS,
-    REMAT_POLICIES, ROPE_SCALINGS, ModelConfig)
+    REMAT_POLICIES, ROPE_SCALINGS, WEIGHT_QUANTS, ModelConfig)
 from vishwamai.config.moe import (  # noqa: F401
     MOE_HF_MODEL_TYPES, MOE_IMPLS, QK_NORMS, ROUTER_SCORINGS)
 from vishwamai.config.hf_keys import (  # noqa: F401

@@ -28,6 +28,8 @@ POSITIONS = ("rope", "learned", "none")
 ATTENTION_IMPLS = ("auto", "reference", "flash", "xla", "cudnn", "pallas_tpu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj")
 FP8_SCALINGS = ("tensor", "row", "block")
+# Weight-only storage of the projection kernels (vishwamai.kernels.quant; vishwamai.quant).
+WEIGHT_QUANTS = ("none", "int8", "fp8")
 # The disjoint parameter components whose sum is the total (`analysis.count_params` computes
 # them from the config, `VishwamAI.param_breakdown` reads them off the real tree).
 PARAM_COMPONENTS = ("embedding", "positions", "attention_q", "attention_k", "attention_v",
@@ -92,6 +94,7 @@ class ModelConfig:
     remat: str = "none"
     use_fp8: bool = False  # projections and MLP through fp8_gemm_optimized
     fp8_scaling: str = "tensor"
+    weight_quant: str = "none"  # WEIGHT_QUANTS: kernels stored int8/fp8 + per-channel scales
     scan_layers: bool = False  # the L blocks as one nn.scan; see the class docstring
     qk_norm: str = "none"  # QK_NORMS: RMSNorm on queries and keys before RoPE
     # Mixture of experts (vishwamai.layers.moe); num_experts=0: the dense MLP in every block.
@@ -132,6 +135,7 @@ class ModelConfig:
         choices = {"mlp_activation": ACTIVATIONS, "norm": NORMS, "position": POSITIONS,
                    "attention_impl": ATTENTION_IMPLS, "remat": REMAT_POLICIES,
                    "fp8_scaling": FP8_SCALINGS, "rope_scaling": ROPE_SCALINGS,
+                   "weight_quant": WEIGHT_QUANTS,
                    "dtype": tuple(DTYPES), "param_dtype": tuple(DTYPES)}
         for f, allowed in choices.items():
             validate.one_of(f"ModelConfig.{f}", getattr(self, f), allowed)

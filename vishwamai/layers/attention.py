@@ -12,6 +12,8 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from vishwamai.kernels.attention import attention
+from vishwamai.kernels.decode import cached_attention, merge_cache, split_cache
+from vishwamai.kernels.target import backend
 from vishwamai.layers.linear import linear_for
 from vishwamai.layers.norms import RMSNorm
 from vishwamai.layers.rope import apply_rope
@@ -63,19 +65,39 @@ class FlashAttention(nn.Module):
 
         causal, mask = True, None
         if decode:
-            k_BTKH, v_BTKH, mask = self._update_cache(k_BTKH, v_BTKH)
+            B = k_BTKH.shape[0]
+            k_bSH, v_bSH, mask = self._update_cache(k_BTKH, v_BTKH)
+            splash = impl == "pallas_tpu" or (impl == "auto" and backend() == "tpu")
+            if mask is not None and q_BTNH.shape[1] == 1 and not splash:
+                # One new token: attend over the cache where it lies (no copy of it). A TPU
+                # keeps its splash kernel, which takes the keys heads-major anyway.
+                if kv_valid_BS is not None:
+                    self._check_valid(kv_valid_BS, B, k_bSH.shape[1])
+                    mask = mask & kv_valid_BS.astype(bool)[:, None, None, :]
+                out_BTNH = cached_attention(q_BTNH, k_bSH, v_bSH, mask)
+                return self._out(out_BTNH, deterministic)
+            if mask is not None:   # a prompt, or splash: the cache in the attention op's layout
+                k_BTKH, v_BTKH = split_cache(k_bSH, B), split_cache(v_bSH, B)
             causal = mask is None
         if kv_valid_BS is not None:
-            if kv_valid_BS.shape != k_BTKH.shape[:2]:
-                raise ValueError(f"kv_valid_BS must have shape [B, S]={k_BTKH.shape[:2]}; got "
-                                 f"{kv_valid_BS.shape}")
+            self._check_valid(kv_valid_BS, *k_BTKH.shape[:2])
             valid_B11S = kv_valid_BS.astype(bool)[:, None, None, :]
             mask = valid_B11S if mask is None else mask & valid_B11S
         out_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, causal=causal, mask=mask,
                              implementation=impl)
+        return self._out(out_BTNH, deterministic)
+
+    def _out(self, out_BTNH, deterministic):
+        cfg = self.config
         out_BTNH = nn.Dropout(cfg.dropout_rate)(out_BTNH, deterministic=deterministic)
         return linear_for(cfg, (cfg.hidden_dim,), ("heads", "head_dim", "embed"), in_axes=2,
                           name="out")(out_BTNH)
+
+    @staticmethod
+    def _check_valid(kv_valid_BS, B, S):
+        if kv_valid_BS.shape != (B, S):
+            raise ValueError(f"kv_valid_BS must have shape [B, S]={(B, S)}; got "
+                             f"{kv_valid_BS.shape}")
 
     def _qk_norm(self, x_BTNH, name="query_norm"):
         """RMSNorm of queries or keys: over each head's H ('head', Qwen3) or all N*H ('full', OLMoE)."""
@@ -88,21 +110,28 @@ class FlashAttention(nn.Module):
         return norm(x_BTNH.reshape(B, T, N * H)).reshape(B, T, N, H)
 
     def _update_cache(self, k_BTKH, v_BTKH):
-        """Writes this call's keys/values at `cache_index`; returns the whole cache and its mask.
+        """Writes this call's keys/values at `cache_index`; returns the whole cache
+        (`[K*B, S, H]`, see `vishwamai.kernels.decode`) and its mask (`[1, 1, T, S]`, the
+        filled positions each query sees).
 
-        On the initialising call the cache is only created (zeros of the input's shape) and
-        plain causal attention runs, so `init(..., decode=True)` sizes the cache.
+        A decode step reads the cache in place (two batched dots) and writes its new position
+        with one `dynamic_update_slice`, which XLA does in place on a donated or scan-carried
+        cache. On the initialising call the cache is only created (zeros sized by the input)
+        and plain causal attention runs, so `init(..., decode=True)` sizes the cache.
         """
+        B, T, K, H = k_BTKH.shape
         initialized = self.has_variable("cache", "cached_key")
-        ck = self.variable("cache", "cached_key", jnp.zeros, k_BTKH.shape, k_BTKH.dtype)
-        cv = self.variable("cache", "cached_value", jnp.zeros, v_BTKH.shape, v_BTKH.dtype)
+        ck = self.variable("cache", "cached_key", jnp.zeros, (K * B, T, H), k_BTKH.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, (K * B, T, H), v_BTKH.dtype)
         idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         if not initialized:
             return k_BTKH, v_BTKH, None
-        T, S = k_BTKH.shape[1], ck.value.shape[1]
+        S = ck.value.shape[1]
         i = idx.value
-        ck.value = jax.lax.dynamic_update_slice(ck.value, k_BTKH.astype(ck.value.dtype), (0, i, 0, 0))
-        cv.value = jax.lax.dynamic_update_slice(cv.value, v_BTKH.astype(cv.value.dtype), (0, i, 0, 0))
+        ck.value = jax.lax.dynamic_update_slice(
+            ck.value, merge_cache(k_BTKH).astype(ck.value.dtype), (0, i, 0))
+        cv.value = jax.lax.dynamic_update_slice(
+            cv.value, merge_cache(v_BTKH).astype(cv.value.dtype), (0, i, 0))
         idx.value = i + T
         q_pos_T = i + jnp.arange(T)
         mask_TS = jnp.arange(S)[None, :] <= q_pos_T[:, None]

@@ -22,7 +22,8 @@ from vishwamai.transformer import (SCAN_NAME, create_vishwamai_transformer, stac
 
 
 from vishwamai.model.sampling import (_cache_fill, _check_mask, _check_sampling, _check_token_id,
-                                      _mask_positions, cross_entropy, sample_logits)
+                                      _mask_positions, cache_buckets, cross_entropy, sample_logits,
+                                      scan_buckets)
 from vishwamai.model.weights import _check_params_tree, _component
 
 
@@ -319,7 +320,8 @@ class VishwamAI:
     def _generate(self, params, prompt_BT, rng, mask_BT, max_new_tokens, temperature, top_k,
                   top_p, eos_ids, pad_id):
         B, T = prompt_BT.shape
-        cache = self.init_cache(B, T + max_new_tokens)
+        buckets = cache_buckets(T, T + max_new_tokens)   # each step reads < 2x its filled cache
+        cache = self.init_cache(B, buckets[0])
         if mask_BT is None:  # every row a full-length prompt: plain positions, no key mask
             valid_BS = pos_B = None
             logits, cache = self.decode_step(params, cache, prompt_BT)
@@ -327,10 +329,9 @@ class VishwamAI:
             valid_BS = jnp.concatenate([mask_BT, jnp.ones((B, max_new_tokens), bool)], axis=1)
             logits, cache = self.decode_step(params, cache, prompt_BT,
                                              positions_BT=_mask_positions(mask_BT),
-                                             kv_valid_BS=valid_BS)
+                                             kv_valid_BS=valid_BS[:, :buckets[0]])
             pos_B = jnp.sum(mask_BT, axis=1, dtype=jnp.int32)  # position of the first new token
-        sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k,
-                                   top_p=top_p)
+        sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
         def finish(tok_B, done_B):
             """Pad after EOS; returns (token, done)."""
@@ -342,7 +343,7 @@ class VishwamAI:
         rng, sub = jax.random.split(rng)
         first_B, done_B = finish(sample(logits[:, -1], sub), jnp.zeros((B,), bool))
 
-        def step(carry, _):
+        def step(carry, _, valid_BS):
             cache, tok_B, pos_B, done_B, rng = carry
             logits, cache = self.decode_step(
                 params, cache, tok_B[:, None],
@@ -352,10 +353,9 @@ class VishwamAI:
             pos_B = None if pos_B is None else pos_B + 1
             return (cache, nxt_B, pos_B, done_B, rng), nxt_B
 
-        _, rest_NB = jax.lax.scan(step, (cache, first_B, pos_B, done_B, rng), None,
-                                  length=max_new_tokens - 1)
-        new_BN = jnp.concatenate([first_B[:, None], rest_NB.T], axis=1)
-        return jnp.concatenate([prompt_BT, new_BN], axis=1)
+        outs = scan_buckets(step, (cache, first_B, pos_B, done_B, rng), buckets, T,
+                            max_new_tokens - 1, valid_BS)
+        return jnp.concatenate([prompt_BT, first_B[:, None], *outs], axis=1)
 
     # `self` is a static argument of `_generate`: hash and compare by config.
     def __hash__(self):

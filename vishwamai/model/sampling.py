@@ -5,6 +5,7 @@ cache's fill.
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import jax
@@ -131,8 +132,58 @@ def _cache_fill(cache):
     capacity = None
     for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
         if getattr(path[-1], "key", None) == "cached_key":
-            capacity = leaf.shape[-3]          # [B, S, K, H], or [L, B, S, K, H] scanned
+            capacity = leaf.shape[-2]          # [K*B, S, H], or [L, K*B, S, H] scanned
             break
     if used is None or capacity is None:
         return None, None
     return used, capacity
+
+
+#: The smallest cache `generate` allocates: below it one program serves every length.
+CACHE_BUCKET_MIN = 256
+
+
+def cache_buckets(prompt_len: int, total: int, minimum: int | None = None) -> list[int]:
+    """The cache capacities `generate` decodes through: the first power of two holding the
+    prompt and one new token (at least `minimum`, default `CACHE_BUCKET_MIN`), doubling,
+    the last one `total` (= prompt + new tokens). A step reads its bucket's positions, so
+    the cache a step reads is under twice its filled part (and at least `minimum`)."""
+    minimum = CACHE_BUCKET_MIN if minimum is None else minimum
+    cap = max(minimum, 1 << int(prompt_len).bit_length())
+    out = []
+    while cap < total:
+        out.append(cap)
+        cap *= 2
+    return out + [total]
+
+
+def grow_cache(cache, capacity: int):
+    """`cache` (from `init_cache`) with its keys and values padded with zeros to `capacity`
+    positions (axis -2 of `[K*B, S, H]`)."""
+    def pad(path, x):
+        if getattr(path[-1], "key", None) not in ("cached_key", "cached_value"):
+            return x
+        widths = [(0, 0)] * x.ndim
+        widths[-2] = (0, capacity - x.shape[-2])
+        return jnp.pad(x, widths)
+    return jax.tree_util.tree_map_with_path(pad, cache)
+
+
+def scan_buckets(step, carry, buckets, prompt_len: int, steps: int, valid_BS=None) -> list:
+    """Runs `steps` decode steps as one `lax.scan` per cache bucket, growing the carried cache
+    (`carry[0]`) between them; step k writes position prompt_len + k, so bucket `cap` runs
+    the steps that fit it. `step(carry, _, valid_BS)` sees the key mask cut to its bucket.
+    Returns the scans' outputs, each `[B, n]`."""
+    outs, done = [], 0
+    for cap in buckets:
+        n = min(cap - prompt_len, steps) - done
+        if n <= 0:
+            continue
+        if _cache_fill(carry[0])[1] != cap:
+            carry = (grow_cache(carry[0], cap),) + tuple(carry[1:])
+        valid = None if valid_BS is None else valid_BS[:, :cap]
+        carry, out_NB = jax.lax.scan(functools.partial(step, valid_BS=valid), carry, None,
+                                     length=n)
+        outs.append(out_NB.T)
+        done += n
+    return outs

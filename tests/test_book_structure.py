@@ -1,0 +1,91 @@
+"""The book's order tells one story, and every page says what it is for.
+
+Reads `_toc.yml` and the stored pages only (no build): the introduction links every page of the
+table of contents, in its order; every chapter and reference page opens, under its title, with
+the question it answers and why a reader sizing a job cares; no chapter retells the design
+notebook's out-of-memory crash (the errata do, once).
+"""
+import json
+import pathlib
+import re
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+INTRO = BOOK / "intro.md"
+VERBATIM = {"appendix_design_notebook"}  # the design notes, reproduced as written
+
+
+def toc_pages() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    out = []
+
+    def walk(entries):
+        for e in entries:
+            out.append(e["file"].split("/")[-1])
+            walk(e.get("sections", []))
+
+    for part in toc["parts"]:
+        walk(part["chapters"])
+    return out
+
+
+def opening(stem: str) -> str:
+    nb = BOOK / f"{stem}.ipynb"
+    if nb.exists():
+        return "".join(json.loads(nb.read_text())["cells"][0]["source"])
+    return (BOOK / f"{stem}.md").read_text()
+
+
+def test_the_parts_tell_the_story_in_order():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    assert [p["caption"] for p in toc["parts"]] == [
+        "The model", "One chip", "Many chips", "Time", "Serving", "Reference", "Appendix"]
+
+
+def test_the_introduction_lists_every_page_in_the_toc_order():
+    chapters = INTRO.read_text().split("## Chapters", 1)[1]
+    links = re.findall(r"^- \[[^\]]*\]\(([\w.]+)\.(?:ipynb|md)\)", chapters, re.M)
+    listed = [s for s in links if s in set(toc_pages())]
+    assert list(dict.fromkeys(listed)) == [s for s in toc_pages() if s in listed]
+    assert set(toc_pages()) <= set(links), set(toc_pages()) - set(links)
+
+
+def test_every_page_opens_with_its_question_and_why_it_matters():
+    for stem in toc_pages():
+        if stem in VERBATIM or stem == "notation":
+            continue
+        text = opening(stem)
+        head = text.split("\n\n", 3)
+        assert head[0].startswith("# "), (stem, head[0])
+        if stem == "glossary":
+            assert head[1].startswith("**What it answers.**"), stem
+            continue
+        assert head[1].startswith("**The question.**") and head[1].rstrip().endswith("?"), (stem, head[1])
+        assert head[2].startswith("**Why it matters.**"), (stem, head[2])
+
+
+def test_the_oom_crash_is_told_once_in_the_errata():
+    told = []
+    for path in sorted(BOOK.glob("*.ipynb")):
+        if path.name.startswith("."):
+            continue
+        for c in json.loads(path.read_text())["cells"]:
+            if c["cell_type"] == "markdown" and re.search(r"died\s+allocating|seed_oom|2097152000|2,097,152,000", "".join(c["source"])) \
+                    and not re.search(r"^#+ What to take away", "".join(c["source"]), re.M):
+                told.append(path.name)
+    assert told == ["appendix_errata.ipynb"], told
+
+
+def test_the_introduction_asks_each_chapter_its_own_question():
+    intro = INTRO.read_text()
+    for stem in toc_pages():
+        m = re.search(r"\*\*The question\.\*\* (.*?)\n\n", opening(stem), re.S)
+        if not m:
+            continue
+        item = re.search(r"^- \[[^\]]*\]\(" + re.escape(stem) + r"\.(?:ipynb|md)\): (.*?)(?=\n\n|\n- |\Z)",
+                         intro, re.S | re.M)
+        assert item, f"{stem} is not listed in the introduction"
+        asked = " ".join(m.group(1).split())
+        assert " ".join(item.group(1).split()) == asked[0].lower() + asked[1:], stem
