@@ -27,7 +27,9 @@ book: $(STAMP)
 
 # The whole suite: unit tests and every chapter, each chapter once, cell by cell under nbval-lax
 # with CI-sized parameters (papermill injects them into book/.ci-*.ipynb copies: conftest.py).
-# loadfile keeps a chapter's cells (and a test module's fixtures) on one worker.
+# loadfile keeps a chapter's cells (and a test module's fixtures) on one worker; conftest.py's
+# scheduler (tests/scheduling.py) hands out the longest files first, so both workers finish
+# together, and writes each file's measured seconds to _build/test_seconds.json.
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --nbval-kernel-startup-timeout=300
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --durations=15 $(NBVAL) tests book

@@ -24,6 +24,8 @@ import pathlib
 import shutil
 import tempfile
 
+import pytest
+
 BOOK = pathlib.Path(__file__).resolve().parent / "book"
 PREFIX = ".ci-"
 
@@ -50,6 +52,11 @@ def _as_on_colab(config, wheel: str) -> None:
 
 
 def pytest_configure(config):
+    if (_controller(config) and config.getoption("dist", "no") == "loadfile"
+            and config.getoption("numprocesses", None)):
+        from tests.scheduling import Recorder
+
+        config.pluginmanager.register(Recorder(), "test-seconds")
     if not _nbval(config):
         return
     # Each chapter's kernel holds its figures to the book's standard at plt.show
@@ -62,6 +69,16 @@ def pytest_configure(config):
     wheel = os.environ.get("VISHWAMAI_COLAB_WHEEL")
     if wheel:
         _as_on_colab(config, wheel)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` hands out the longest files first (tests/scheduling.py)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from tests.scheduling import HeaviestFirst
+
+    return HeaviestFirst(config, log)
 
 
 def pytest_unconfigure(config):

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.subprocess_devices import eight_device_result, register
+
 from vishwamai import sharding, train, verify
 from vishwamai.analysis.params import count_params, tree_param_count
 from vishwamai.config import ModelConfig, get_preset
@@ -238,19 +240,11 @@ print(json.dumps({"loss": float(m["loss"]), "ref_loss": float(ref_m["loss"]), "p
 """
 
 
-def test_sharded_scanned_train_step_equals_single_device_unrolled():
-    import json
-    import os
-    import subprocess
-    import sys
+register("scan", __file__, SHARDED_CHILD)
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                          + " --xla_force_host_platform_device_count=8").strip())
-    proc = subprocess.run([sys.executable, "-c", SHARDED_CHILD], capture_output=True,
-                          text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+
+def test_sharded_scanned_train_step_equals_single_device_unrolled(request):
+    r = eight_device_result("scan", request)
     # Sharded reductions only reorder f32 sums (as in test_sharding.py).
     assert abs(r["loss"] - r["ref_loss"]) <= 1e-5 * abs(r["ref_loss"])
     assert r["param_err"] <= 1e-5, r["param_err"]

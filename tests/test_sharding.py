@@ -7,7 +7,7 @@ import textwrap
 import jax
 import pytest
 
-from tests.subprocess_devices import run_on_eight_cpu_devices
+from tests.subprocess_devices import eight_device_result, register
 
 from vishwamai import sharding
 
@@ -71,9 +71,12 @@ CHILD = textwrap.dedent(r"""
 """)
 
 
+register("sharding", __file__, CHILD)
+
+
 @pytest.fixture(scope="module")
-def eight_devices():
-    return run_on_eight_cpu_devices(CHILD)
+def eight_devices(request):
+    return eight_device_result("sharding", request)
 
 
 @pytest.mark.parametrize("layout", sharding.LAYOUTS)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tests.subprocess_devices import run_on_eight_cpu_devices
+from tests.subprocess_devices import eight_device_result, register
 
 from vishwamai import aot
 from vishwamai.measure import CompiledStats, hlo, hlo_cost, step_figures
@@ -56,9 +56,12 @@ CHILD = textwrap.dedent("""
 """)
 
 
+register("step_figures", __file__, CHILD)
+
+
 @pytest.fixture(scope="module")
-def cpu_compiles():
-    return run_on_eight_cpu_devices(CHILD)
+def cpu_compiles(request):
+    return eight_device_result("step_figures", request)
 
 
 def _close(a, b, rtol=RTOL):
