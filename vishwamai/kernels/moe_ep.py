@@ -153,6 +153,9 @@ def experts_dropless_sharded(x_TD, routing: kmoe.Routing, wi, wo_EFD, *, act: Ca
     if tp and wo_EFD.shape[1] % sizes["tensor"]:
         raise ValueError(f"the experts' width F={wo_EFD.shape[1]} is not divisible by the "
                          f"tensor axis (size {sizes['tensor']})")
+    if tp and gated and wi.ndim != 4:
+        raise ValueError(f"a gated wi split over 'tensor' must be [E, D, 2, F] (gate and up "
+                         f"apart); got shape {wi.shape}")
     t_spec = P(tok, None)
     wi_spec = P(*([None] * (wi.ndim - 1)), tp)
     wo_spec = P(None, tp, None)
