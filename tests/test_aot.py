@@ -244,3 +244,24 @@ def test_lane_padded_logits_match_the_compiled_forward_pass():
     llama = aot.model_config("llama2_7b")               # 32,000 = 250 x 128: nothing added
     assert memory_per_chip(llama, "data", 4, batch=8, seq_len=128, mode="forward", lanes=128) \
         == memory_per_chip(llama, "data", 4, batch=8, seq_len=128, mode="forward")
+
+
+@needs_libtpu
+def test_moe_compiles_with_an_expert_axis_and_without(tpu_defaults):
+    """tiny_moe's train step for 4 v5e chips: FSDP alone (each chip dispatches its own tokens
+    under shard_map) and 2 x 2 fsdp x expert (tokens sent to their experts by all-to-all);
+    the expert axis halves the expert weights each chip holds."""
+    kw = dict(layout="fsdp", mode="train", batch_size=8, seq_len=64)
+    alone = aot.compile_for_topology("tiny_moe", "v5e:2x2", **kw)
+    split = aot.compile_for_topology("tiny_moe", "v5e:2x2", expert=2, **kw)
+    assert alone["status"] == split["status"] == "ok"
+    assert alone["expert_parallel"] == 1 and split["expert_parallel"] == 2
+    a2a = split["step_collectives"].get("all-to-all", {"count": 0})["count"]
+    assert a2a >= 4 * PRESETS["tiny_moe"].num_moe_layers     # dispatch + combine, fwd + bwd
+    assert a2a > alone["step_collectives"].get("all-to-all", {"count": 0})["count"]
+    from vishwamai.benchmarks.tpu_grid import with_analytic
+    assert with_analytic(split)["analytic_parts"]["moe_dispatch"] > 0
+    with pytest.raises(ValueError, match="expert=3 must divide the 4 chips"):
+        aot.compile_for_topology("tiny_moe", "v5e:2x2", expert=3, **kw)
+    with pytest.raises(ValueError, match="expert=2 needs a mixture of experts"):
+        aot.compile_for_topology("tiny", "v5e:2x2", expert=2, **kw)

@@ -148,3 +148,36 @@ def test_all_to_all_time_by_tier_uses_the_planners_network():
     assert t16["per_tier"]["nvlink"] == pytest.approx(count * array * 7 / 16 / lv[0].bandwidth)
     assert t16["bytes_per_step"] == pytest.approx(count * array * 15 / 16)
     assert amoe_time["seconds"] < t16["seconds"]
+
+
+def test_memory_per_chip_splits_experts_over_both_axes():
+    """moe.memory_per_chip: the routed experts split over expert x fsdp, the rest over fsdp
+    only; a dense model falls through to roofline.memory_per_chip unchanged."""
+    import importlib
+
+    from vishwamai.analysis.moe import memory_per_chip, moe_params
+    roofline = importlib.import_module("vishwamai.analysis.roofline")
+    c = get_preset("olmoe_1b_7b").replace(param_dtype="bfloat16", dtype="bfloat16")
+    kw = dict(batch=16, seq_len=2048, remat="full")
+    p = moe_params(c)
+    one = memory_per_chip(c, "fsdp", 16, **kw)
+    four = memory_per_chip(c, "fsdp", 16, expert_parallel=4, **kw)
+    # bf16 params: routed / 16 on both; non-routed / 16 against / 4 (the expert axis replicates)
+    assert one["params"] == pytest.approx(2 * p["total"] / 16, rel=1e-3)
+    assert four["params"] == pytest.approx(2 * (p["routed"] / 16 + p["non_routed"] / 4),
+                                           rel=1e-3)
+    assert four["gather"] < one["gather"]        # one block's experts: E / 4 of them gathered
+    assert four["activations"] == pytest.approx(one["activations"])   # the batch splits 16 ways
+    # the fixed-size all-to-all's receive buffers: room for every peer's rows
+    assert four["moe_dispatch"] == pytest.approx(4 * one["moe_dispatch"])
+    assert one["moe_dispatch"] > 0 and one["total"] == pytest.approx(
+        sum(v for k, v in one.items() if k != "total"))
+    dense = get_preset("base")
+    assert memory_per_chip(dense, "fsdp", 4, **kw) == roofline.memory_per_chip(
+        dense, "fsdp", 4, **kw)
+    with pytest.raises(InputError, match="expert_parallel=3 must divide chips=16"):
+        memory_per_chip(c, "fsdp", 16, expert_parallel=3, **kw)
+    with pytest.raises(InputError, match="expert_parallel=96 must divide num_experts=64"):
+        memory_per_chip(c, "fsdp", 96, expert_parallel=96, **kw)
+    with pytest.raises(InputError, match="needs a mixture-of-experts model"):
+        memory_per_chip(dense, "fsdp", 4, expert_parallel=2, **kw)

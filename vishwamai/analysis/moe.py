@@ -232,3 +232,82 @@ def all_to_all_time(cfg: ModelConfig | str, hardware, *, tokens_per_device: int,
         total += a["count"] * array * share
         inner = outer
     return {"seconds": sum(per_tier.values()), "per_tier": per_tier, "bytes_per_step": total}
+
+
+def memory_per_chip(cfg: ModelConfig | str, layout: str, chips: int, *, expert_parallel: int = 1,
+                    **kw) -> dict:
+    """`analysis.roofline.memory_per_chip` for a mixture of experts, with the E experts split
+    over an `expert` mesh axis of `expert_parallel` chips and the rest of the mesh on `layout`.
+
+    What changes against a dense model: the weights (and their gradients and moments) split
+    over both axes for the routed experts, over the layout's axis only for the rest (the expert
+    axis replicates them); FSDP gathers one block's non-expert weights and its `E / ep` experts;
+    the batch splits over every chip but the tensor axis; a token's MLP activations are those
+    of its K experts and the shared ones (width `K * F + S`), plus one block's dispatch buffers
+    (the routed rows sorted by expert: `moe_memory`'s 'dispatch', in the train step's
+    workspace; `expert_parallel` times that under expert parallelism, whose fixed-size
+    all-to-all gives every chip room for all its peers' rows).
+
+    Args:
+      cfg, layout, chips, **kw: as `analysis.roofline.memory_per_chip` (`chips` counts every
+        chip, the expert axis included).
+      expert_parallel: chips the experts are split over (divides `chips` and E).
+    Returns:
+      dict of bytes per chip, the keys of `roofline.memory_per_chip` plus 'moe_dispatch'.
+    """
+    import dataclasses
+    import importlib
+
+    # the module (the package's `roofline` attribute is the function of that name)
+    roofline = importlib.import_module("vishwamai.analysis.roofline")
+
+    c = as_config(cfg)
+    ep = validate.positive_int("expert_parallel", expert_parallel)
+    chips = validate.positive_int("chips", chips)
+    if chips % ep:
+        raise validate.InputError(f"expert_parallel={ep} must divide chips={chips}")
+    if c.num_experts and c.num_experts % ep:
+        raise validate.InputError(f"expert_parallel={ep} must divide num_experts="
+                                  f"{c.num_experts}")
+    if not c.num_experts:
+        if ep != 1:
+            raise validate.InputError(f"expert_parallel={ep} needs a mixture-of-experts model; "
+                                      f"{c.name} has num_experts=0")
+        return roofline.memory_per_chip(c, layout, chips, **kw)
+    D, Fe, m, S = _widths(c)
+    rest = chips // ep                                   # the layout's axis
+    # activations, logits, loss head: a dense model whose MLP is one token's K experts + shared
+    dense = dataclasses.replace(c, num_experts=0, mlp_dim=c.num_experts_per_tok * Fe + S,
+                                moe_mlp_dim=None, first_dense_layers=0, num_shared_experts=0,
+                                shared_expert_dim=None)
+    batch = kw.pop("batch")
+    b_rest = batch // ep if batch % ep == 0 else batch   # the expert axis splits the batch too
+    out = roofline.memory_per_chip(dense, layout, rest, batch=b_rest, **kw)
+    mode = kw.get("mode", "train")
+    p, n = moe_params(c), count_params(c)
+    w = roofline._split_ways(c, layout, rest)
+    routed_ways = ep * {"fsdp": w["embed"], "tensor": rest if Fe % rest == 0 else 1}.get(layout, 1)
+    dense_chip = roofline.sharded_param_count(dense, layout, rest)
+    dense_total = count_params(dense)["total"]
+    # the non-routed weights split as the dense model's are (same layout), the experts apart
+    non_routed_chip = (p["non_routed"] * dense_chip / dense_total)
+    n_chip = p["routed"] / routed_ways + non_routed_chip
+    pb, cb = bytes_per(c.param_dtype), bytes_per(c.dtype)
+    out["params"] = n_chip * pb
+    if mode == "train":
+        out["grads"] = n_chip * pb
+        out["optimizer"] = roofline.optimizer_bytes(
+            c, kw.get("optimizer", "adamw_param_dtype"))["total"] * n_chip / n["total"]
+        b_chip = b_rest if layout == "tensor" else max(1, b_rest // rest)
+        # Expert parallelism exchanges fixed-size chunks (`kernels.moe_ep`): each chip receives
+        # room for every peer's T_loc * K rows, ep times one chip's assignments, and runs its
+        # experts over all of them (the padding rows included).
+        out["moe_dispatch"] = ep * moe_memory(c, batch=b_chip, seq_len=kw["seq_len"])["dispatch"]
+    else:
+        out["moe_dispatch"] = 0.0
+    if layout == "fsdp" and w["embed"] > 1:
+        per_layer_routed = p["routed"] / c.num_moe_layers
+        out["gather"] = 2 * (n["per_layer"] - per_layer_routed * (1 - 1 / ep)) * cb
+    out.pop("total")
+    out["total"] = sum(out.values())
+    return out

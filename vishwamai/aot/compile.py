@@ -22,6 +22,7 @@ from vishwamai import sharding as _sh
 from vishwamai import validate
 from vishwamai import train as _train
 from vishwamai.analysis.hardware import get_chip
+from vishwamai.analysis.moe import memory_per_chip as moe_memory_per_chip
 from vishwamai.analysis.roofline import memory_per_chip
 from vishwamai.config import ModelConfig, as_config
 from vishwamai.kernels.kernel import fp8_gemm_optimized
@@ -137,7 +138,7 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
                          remat: str | None = None, cache_len: int | None = None,
                          dtype: str | None = None, param_dtype: str | None = None,
                          scan_layers: bool | None = True, num_layers: int | None = None,
-                         hlo: bool = False, buffers: int = 0) -> dict:
+                         expert: int = 1, hlo: bool = False, buffers: int = 0) -> dict:
     """Compiles one program for a TPU topology with XLA:TPU and reports what the compiler said.
 
     Args:
@@ -156,6 +157,9 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
         so a 32-layer model compiles about as fast as a 2-layer one; memory and FLOPs are those
         of the same model); None keeps the config's choice.
       num_layers: override L (a shallow copy of a preset, for quick checks).
+      expert: chips on an 'expert' mesh axis (a mixture of experts' E experts split over them,
+        tokens dispatched by all-to-all, `kernels.moe_ep`); the other `chips / expert` on
+        `layout`'s axis. 1: no expert axis.
       hlo: also return the compiled HLO text under 'hlo'.
       buffers: also return the compiler's `buffers` largest HBM allocations under
         'largest_buffers' (`measure.buffers`: XLA's memory-usage report, dumped into a
@@ -184,20 +188,27 @@ def compile_for_topology(config, topology: str, *, layout: str, mode: str, batch
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int; got {v!r}")
     validate.non_negative_int("buffers", buffers)
+    validate.positive_int("expert", expert)
+    if t["chips"] % expert:
+        raise ValueError(f"expert={expert} must divide the {t['chips']} chips of {t['name']}")
     require_libtpu()
     cfg = model_config(config, attention_impl=attention_impl, remat=remat, dtype=dtype,
                        param_dtype=param_dtype, scan_layers=scan_layers,
                        num_layers=num_layers)
+    if expert > 1 and (not cfg.num_experts or cfg.num_experts % expert):
+        raise ValueError(f"expert={expert} needs a mixture of experts whose num_experts it "
+                         f"divides; {cfg.name} has num_experts={cfg.num_experts}")
     cache_len = (cache_len or seq_len) if mode == "decode" else None
     if mode == "decode":
         cfg.check_seq_len(cache_len)
     else:
         cfg.check_seq_len(seq_len)
     model = VishwamAI(cfg)
-    mesh = topology_mesh(t["name"], layout)
+    mesh = topology_mesh(t["name"], layout, expert)
     chip = get_chip(t["hardware"])
     row = {"preset": cfg.name, "topology": t["name"], "generation": t["generation"],
-           "chips": t["chips"], "layout": layout, "mode": mode, "batch_size": batch_size,
+           "chips": t["chips"], "layout": layout, "expert_parallel": expert, "mode": mode,
+           "batch_size": batch_size,
            "seq_len": seq_len, "cache_len": cache_len, "dtype": cfg.dtype,
            "param_dtype": cfg.param_dtype, "attention_impl": cfg.attention_impl,
            "remat": cfg.remat, "scan_layers": cfg.scan_layers, "num_layers": cfg.num_layers,
@@ -277,10 +288,13 @@ def analytic_point(row: dict, config=None) -> dict:
                        attention_impl=row.get("attention_impl"), remat=row.get("remat"),
                        dtype=row.get("dtype"), param_dtype=row.get("param_dtype"),
                        num_layers=row.get("num_layers"), scan_layers=row.get("scan_layers"))
-    est = memory_per_chip(cfg, row["layout"], row["chips"],
-                                    batch=row["batch_size"], seq_len=row["seq_len"],
-                                    mode=row["mode"], cache_len=row.get("cache_len"),
-                                    lanes=TPU_LANES)
+    kw = dict(batch=row["batch_size"], seq_len=row["seq_len"], mode=row["mode"],
+              cache_len=row.get("cache_len"), lanes=TPU_LANES)
+    if cfg.num_experts:           # a mixture of experts, its experts split over the expert axis
+        est = moe_memory_per_chip(cfg, row["layout"], row["chips"],
+                                  expert_parallel=row.get("expert_parallel", 1), **kw)
+    else:
+        est = memory_per_chip(cfg, row["layout"], row["chips"], **kw)
     hbm = row.get("compiler_hbm_bytes_per_chip")
     if hbm is None or (isinstance(hbm, float) and math.isnan(hbm)):
         hbm = row["hbm_bytes_per_chip"]

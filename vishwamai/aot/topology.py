@@ -146,10 +146,12 @@ def topology_devices(topology: str) -> tuple:
     return devices
 
 
-def topology_mesh(topology: str, layout: str):
-    """The `('data', 'fsdp', 'tensor')` mesh of a named layout over all chips of `topology`."""
+def topology_mesh(topology: str, layout: str, expert: int = 1):
+    """The `('data', 'fsdp', 'tensor')` mesh of a named layout over all chips of `topology`;
+    with `expert > 1`, `expert` of them on an 'expert' axis and the rest on the layout's."""
     devices = topology_devices(topology)
-    return _sh.make_mesh(**_sh.layout_shape(layout, len(devices)), devices=list(devices))
+    shape = _sh.layout_shape(layout, len(devices) // expert)
+    return _sh.make_mesh(**shape, expert=expert, devices=list(devices))
 
 
 # ============================================================================================

@@ -21,7 +21,7 @@ import platform
 import sys
 import time
 
-from vishwamai import aot_gpu
+from vishwamai import aot_gpu, validate
 from vishwamai.benchmarks import tpu_grid
 from vishwamai.config import PRESETS
 
@@ -186,6 +186,9 @@ def main(args: argparse.Namespace) -> dict:
     per layout x mode, printed as a table and written with provenance."""
     if args.platform != "cuda":
         return tpu_grid.main(args)
+    if getattr(args, "expert", 1) != 1:
+        raise validate.InputError(f"--expert {args.expert}: an expert axis is compiled for "
+                                  "--platform tpu only")
     aot_gpu.topology_name(args.gpus, args.servers)          # checks before any work
     points = [dict(config=args.preset, target=args.target, layout=layout, mode=mode,
                    batch_size=args.batch, seq_len=args.seq, cache_len=args.cache_len,

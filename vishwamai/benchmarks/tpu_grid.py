@@ -26,7 +26,7 @@ from vishwamai.config import ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICIES
 from vishwamai.benchmarks.tpu_grid_points import (  # noqa: F401
     CHECK_PRESETS, DTYPE, FOUR, GRID_PRESETS, MEGACORE, MEGACORE_REASON, REASONS, SERVE_SEQ,
     SIXTEEN, SIXTY_FOUR, TRAIN_SEQ, TWO_FIFTY_SIX, _reason_key, _seq, _siblings, grid_points,
-    reason)
+    moe_grid_points, reason)
 
 def fp8_findings(generations=("v5e", "v5p", "v6e")) -> list[dict]:
     """`aot.fp8_gemm_on_tpu` for each generation (1024^3, per-tensor scaling)."""
@@ -148,7 +148,9 @@ def _cells(r: dict) -> dict:
     g = 1e9
     coll = ",".join(f"{k}:{v['count']}" for k, v in (r.get("collectives") or {}).items())
     return {"preset": r["preset"], "topology": r["topology"], "chips": r["chips"],
-            "layout": r["layout"], "mode": r["mode"], "batch_size": r["batch_size"],
+            "layout": r["layout"] + (f"+expert{r['expert_parallel']}"
+                                     if r.get("expert_parallel", 1) > 1 else ""),
+            "mode": r["mode"], "batch_size": r["batch_size"],
             "seq_len": r["seq_len"], "status": r["status"],
             "peak_GB": f"{r['peak_bytes_per_chip'] / g:.2f}" if r["status"] == "ok" else "",
             "analytic_GB": (f"{r['analytic_peak_bytes_per_chip'] / g:.2f}"
@@ -230,6 +232,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="compute and parameter dtype override")
     p.add_argument("--layers", type=_positive, default=None,
                    help="override the preset's number of layers (a shallow copy, for checks)")
+    p.add_argument("--expert", type=_positive, default=1,
+                   help="chips on an 'expert' mesh axis (a mixture of experts' experts split "
+                        "over them; the rest on --layout); 1: none")
     p.add_argument("--out", type=validate.cli_type(validate.writable_file, str), default=None,
                    help="write the rows as JSON here")
     return p
@@ -240,7 +245,8 @@ def main(args: argparse.Namespace) -> dict:
     points = [dict(config=args.preset, topology=args.topology, layout=layout, mode=mode,
                    batch_size=args.batch, seq_len=args.seq, cache_len=args.cache_len,
                    attention_impl=args.attention_impl, remat=args.remat, dtype=args.dtype,
-                   param_dtype=args.dtype, num_layers=args.layers)
+                   param_dtype=args.dtype, num_layers=args.layers,
+                   **({"expert": args.expert} if args.expert != 1 else {}))
               for layout in args.layout for mode in args.mode]
     command = "python -m vishwamai.bench " + " ".join(sys.argv[1:])
     payload = run(points, out=None, command=command, progress=False)
@@ -251,7 +257,7 @@ def main(args: argparse.Namespace) -> dict:
     return payload
 
 
-def merge(paths: list[str], out: str, command: str) -> dict:
+def merge(paths: list[str], out: str, command: str, *, fp8: bool = True) -> dict:
     """One grid file from shards written by `--start/--stop/--points` runs (in the order
     given; a point compiled again in a later file replaces the earlier row)."""
     parts = [json.loads(open(p).read()) for p in paths]
@@ -259,7 +265,8 @@ def merge(paths: list[str], out: str, command: str) -> dict:
     for part in parts:                     # a later file's row replaces an earlier one's
         for r in part["rows"]:
             key = tuple(str(r.get(k)) for k in ("preset", "topology", "layout", "mode",
-                                                "batch_size", "seq_len", "dtype", "remat"))
+                                                "batch_size", "seq_len", "dtype", "remat",
+                                                "expert_parallel"))
             by_key[key] = r
     # the planner's side recomputed with the current model (the compiler's side is the data)
     rows = [with_analytic(r) if r["status"] != "error" else r for r in by_key.values()]
@@ -272,7 +279,7 @@ def merge(paths: list[str], out: str, command: str) -> dict:
     for d in parts:
         if "fp8" in d:
             payload["fp8"] = d["fp8"]
-    if "fp8" not in payload:
+    if fp8 and "fp8" not in payload:
         payload["fp8"] = fp8_findings()
     _write(out, payload)
     return payload
@@ -281,7 +288,11 @@ def merge(paths: list[str], out: str, command: str) -> dict:
 def _grid_main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m vishwamai.benchmarks.tpu_grid",
                                 description="the TPU compile grid of Chapter 4")
-    p.add_argument("--out", default="book/results/tpu_compile.json")
+    p.add_argument("--grid", choices=("dense", "moe"), default="dense",
+                   help="the dense presets' grid (chapter 4) or the mixture-of-experts one "
+                        "(chapter 3d)")
+    p.add_argument("--out", default=None, help="default: book/results/tpu_compile.json, "
+                   "or tpu_compile_moe.json for --grid moe")
     p.add_argument("--start", type=int, default=0, help="first point (for shards run in parallel)")
     p.add_argument("--stop", type=int, default=None, help="one past the last point")
     p.add_argument("--limit", type=_positive, default=None, help="first N points only")
@@ -290,13 +301,15 @@ def _grid_main(argv=None) -> dict:
     p.add_argument("--merge", nargs="+", default=None,
                    help="merge these shard files into --out instead of compiling")
     args = p.parse_args(argv)
+    args.out = args.out or ("book/results/tpu_compile_moe.json" if args.grid == "moe"
+                            else "book/results/tpu_compile.json")
     command = "python -m vishwamai.benchmarks.tpu_grid " + " ".join(
         sys.argv[1:] if argv is None else argv)
     if args.merge:
-        payload = merge(args.merge, args.out, command.strip())
+        payload = merge(args.merge, args.out, command.strip(), fp8=args.grid == "dense")
         print(json.dumps(payload["agreement"]))
         return payload
-    pts = grid_points()
+    pts = moe_grid_points() if args.grid == "moe" else grid_points()
     stop = args.stop if args.stop is not None else len(pts)
     if args.limit:
         stop = min(stop, args.start + args.limit)
@@ -305,7 +318,7 @@ def _grid_main(argv=None) -> dict:
               else pts[args.start:stop])
     payload = run(chosen, out=args.out, command=command.strip())
     payload["start"] = args.start
-    if whole or (stop == len(pts) and not args.points):
+    if args.grid == "dense" and (whole or (stop == len(pts) and not args.points)):
         payload["fp8"] = fp8_findings()
     _write(args.out, payload)
     print(format_table([r for r in payload["rows"] if r["status"] != "error"]))

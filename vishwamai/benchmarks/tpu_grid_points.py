@@ -171,3 +171,29 @@ def grid_points() -> list[dict]:
     add("llama3_8b", "v4:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
     add("xxl", "v5p:2x2x1", "data", "train", 4, TRAIN_SEQ, remat="full")
     return pts
+
+
+#: MaxText's published Mixtral-8x7B run (v5p-256, sequence 4096; `analysis.moe_published`) is
+#: the shape of the largest MoE point.
+MOE_PRESETS = ("olmoe_1b_7b", "qwen3_30b_a3b", "mixtral_8x7b")
+
+
+def moe_grid_points() -> list[dict]:
+    """The mixture-of-experts grid: each MoE preset trained with FSDP alone and with its
+    experts split over an 'expert' axis (`compile_for_topology(expert=...)`), bf16, full remat,
+    one or two sequences per chip; chapter 3d sets the planner's bytes beside the compiler's."""
+    pts = []
+
+    def add(preset, topology, expert, batch, seq):
+        pts.append(dict(config=preset, topology=topology, layout="fsdp", mode="train",
+                        batch_size=batch, seq_len=seq, dtype=DTYPE, param_dtype=DTYPE,
+                        remat="full", expert=expert))
+
+    add("olmoe_1b_7b", "v6e:2x2", 1, 4, TRAIN_SEQ)
+    add("olmoe_1b_7b", "v6e:2x2", 4, 4, TRAIN_SEQ)
+    add("olmoe_1b_7b", "v5e:4x4", 8, 16, TRAIN_SEQ)
+    add("qwen3_30b_a3b", "v5p:4x4x4", 1, 64, 4096)
+    add("qwen3_30b_a3b", "v5p:4x4x4", 8, 64, 4096)
+    add("mixtral_8x7b", "v5p:4x8x8", 1, 256, 4096)
+    add("mixtral_8x7b", "v5p:4x8x8", 8, 256, 4096)
+    return pts

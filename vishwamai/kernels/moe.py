@@ -142,10 +142,14 @@ def grouped_matmul(lhs_MD, rhs_EDN, group_sizes_E, *, impl: str = "auto", interp
 
     Args:
       impl: 'ragged_dot' (`jax.lax.ragged_dot`, every backend), 'megablox' (the TPU Pallas
-        kernel), or 'auto' (megablox on a TPU, ragged_dot elsewhere).
+        kernel), or 'auto' (megablox on a TPU when D and N are multiples of 128, ragged_dot
+        otherwise).
     """
     if impl == "auto":
-        impl = "megablox" if backend() == "tpu" else "ragged_dot"
+        # megablox tiles D and N in 128 lanes (its backward kernels too): narrower experts, as
+        # in the small test configs, go through ragged_dot.
+        lanes = rhs_EDN.shape[1] % 128 == 0 and rhs_EDN.shape[2] % 128 == 0
+        impl = "megablox" if backend() == "tpu" and lanes else "ragged_dot"
     if impl == "megablox":
         return _gmm_tpu(lhs_MD, rhs_EDN, group_sizes_E, interpret)
     if impl != "ragged_dot":

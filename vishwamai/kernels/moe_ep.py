@@ -37,6 +37,17 @@ def expert_parallel_size(mesh=None, axis: str = EXPERT_AXIS) -> int:
     return dict(zip(mesh.axis_names, mesh.axis_sizes))[axis]
 
 
+def mesh_size(mesh=None) -> int:
+    """Devices in `mesh` (default: the mesh in context); 1 without one."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    if mesh is None or mesh.empty:
+        return 1
+    n = 1
+    for s in mesh.axis_sizes:
+        n *= s
+    return n
+
+
 def check_expert_split(num_experts: int, ep: int) -> None:
     """`ValueError` naming both numbers unless the expert axis divides the experts."""
     if num_experts % ep:
@@ -106,3 +117,55 @@ def experts_dropless_ep(x_TD, routing: kmoe.Routing, wi_EDX, wo_EFD, *, act: Cal
     fn = jax.shard_map(local, mesh=mesh, in_specs=(t_spec, t_spec, t_spec, w_spec, w_spec),
                        out_specs=t_spec, check_vma=False)
     return fn(x_TD, routing.weights_TK, routing.experts_TK, wi_EDX, wo_EFD)
+
+
+def _token_axes(mesh, T: int):
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    tok = tuple(a for a in TOKEN_AXES if a in sizes)
+    n_tok = 1
+    for a in tok:
+        n_tok *= sizes[a]
+    if T % n_tok:
+        raise ValueError(f"tokens T={T} must divide by the token axes {tok} (product {n_tok}) "
+                         "to dispatch experts on each device")
+    return tok, sizes
+
+
+def experts_dropless_sharded(x_TD, routing: kmoe.Routing, wi, wo_EFD, *, act: Callable,
+                             gated: bool = True, mesh=None, gmm_impl: str = "auto"):
+    """`experts_dropless` under a mesh without an expert axis: every device dispatches its own
+    tokens (split over the data and fsdp axes) through all E experts, with the experts' hidden
+    width split over 'tensor' when the mesh has that axis (the partial outputs summed). The
+    weights enter whole along D (FSDP gathers them, as it gathers a dense layer's).
+
+    A Pallas kernel (megablox `gmm` on a TPU) cannot be partitioned by the compiler; under
+    `shard_map` each device runs it on its own rows, and no device sorts another's tokens.
+
+    Args:
+      wi: `[E, D, 2, F]` (gated: gate, up) or `[E, D, F]`, as the layer holds it.
+      the rest: as `kernels.moe.experts_dropless`.
+    Returns:
+      `[T, D]`, equal to `experts_dropless` up to summation order.
+    """
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    tok, sizes = _token_axes(mesh, x_TD.shape[0])
+    tp = "tensor" if sizes.get("tensor", 1) > 1 else None
+    if tp and wo_EFD.shape[1] % sizes["tensor"]:
+        raise ValueError(f"the experts' width F={wo_EFD.shape[1]} is not divisible by the "
+                         f"tensor axis (size {sizes['tensor']})")
+    if tp and gated and wi.ndim != 4:
+        raise ValueError(f"a gated wi split over 'tensor' must be [E, D, 2, F] (gate and up "
+                         f"apart); got shape {wi.shape}")
+    t_spec = P(tok, None)
+    wi_spec = P(*([None] * (wi.ndim - 1)), tp)
+    wo_spec = P(None, tp, None)
+
+    def local(x, w, e, wi_l, wo_l):
+        r = kmoe.Routing(weights_TK=w, experts_TK=e, scores_TE=None, logits_TE=None)
+        y = kmoe.experts_dropless(x, r, wi_l.reshape(wi_l.shape[0], wi_l.shape[1], -1), wo_l,
+                                  act=act, gated=gated, gmm_impl=gmm_impl)
+        return jax.lax.psum(y, tp) if tp else y
+
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(t_spec, t_spec, t_spec, wi_spec, wo_spec),
+                       out_specs=t_spec, check_vma=False)
+    return fn(x_TD, routing.weights_TK, routing.experts_TK, wi, wo_EFD)

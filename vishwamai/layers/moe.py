@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from vishwamai.kernels import moe as kmoe
-from vishwamai.kernels.moe_ep import experts_dropless_ep, expert_parallel_size
+from vishwamai.kernels.moe_ep import (experts_dropless_ep, experts_dropless_sharded,
+                                      expert_parallel_size, mesh_size)
 from vishwamai.layers.linear import Linear
 from vishwamai.layers.mlp import MLP, _ACT
 
@@ -80,6 +81,9 @@ class MoE(nn.Module):
         dropped = jnp.zeros((), jnp.int32)
         if cfg.moe_impl == "dropless" and expert_parallel_size() > 1:
             y_TD = experts_dropless_ep(x_TD, routing, wi_EDX, wo_EFD, act=act, gated=gated)
+        elif cfg.moe_impl == "dropless" and mesh_size() > 1:
+            y_TD = experts_dropless_sharded(x_TD, routing, wi.astype(cfg.compute_dtype), wo_EFD,
+                                            act=act, gated=gated)
         elif cfg.moe_impl == "dropless":
             y_TD = kmoe.experts_dropless(x_TD, routing, wi_EDX, wo_EFD, act=act, gated=gated)
         elif cfg.moe_impl == "capacity":
