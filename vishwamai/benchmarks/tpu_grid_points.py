@@ -193,7 +193,8 @@ def moe_grid_points() -> list[dict]:
     add("olmoe_1b_7b", "v6e:2x2", 4, 4, TRAIN_SEQ)
     add("olmoe_1b_7b", "v5e:4x4", 8, 16, TRAIN_SEQ)
     add("qwen3_30b_a3b", "v5p:4x4x4", 1, 64, 4096)
-    add("qwen3_30b_a3b", "v5p:4x4x4", 8, 64, 4096)
+    # 4x4x4 chips: a logical axis must be a product of physical ones (16 = 4 x 4, not 8)
+    add("qwen3_30b_a3b", "v5p:4x4x4", 16, 64, 4096)
     add("mixtral_8x7b", "v5p:4x8x8", 1, 256, 4096)
     add("mixtral_8x7b", "v5p:4x8x8", 8, 256, 4096)
     return pts
