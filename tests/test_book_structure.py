@@ -3,7 +3,9 @@
 Reads `_toc.yml` and the stored pages only (no build): the introduction links every page of the
 table of contents, in its order; every chapter and reference page opens, under its title, with
 the question it answers and why a reader sizing a job cares; no chapter retells the design
-notebook's out-of-memory crash (the errata do, once).
+notebook's out-of-memory crash (the errata do, once); the KV cache's multi-head against
+grouped-query comparison is told in the memory chapter only, the published training runs
+reproduced from the FLOP model in the performance chapter only (others link to them).
 """
 import json
 import pathlib
@@ -89,3 +91,64 @@ def test_the_introduction_asks_each_chapter_its_own_question():
         assert item, f"{stem} is not listed in the introduction"
         asked = " ".join(m.group(1).split())
         assert " ".join(item.group(1).split()) == asked[0].lower() + asked[1:], stem
+
+
+def _tellers(code: str, prose: str, book: pathlib.Path = BOOK) -> list[str]:
+    """The notebooks that tell something: a code cell matching `code`, or a paragraph of markdown
+    (the takeaway excepted: a summary that links back) with a glued number matching `prose`."""
+    told = []
+    for path in sorted(book.glob("*.ipynb")):
+        if path.name.startswith("."):
+            continue
+        for c in json.loads(path.read_text())["cells"]:
+            text = "".join(c["source"])
+            if c["cell_type"] == "code":
+                hit = re.search(code, text, re.S)
+            else:
+                text = re.split(r"^#+ What to take away", text, flags=re.M)[0]
+                hit = any("{glue:" in p and re.search(prose, p, re.S) for p in text.split("\n\n"))
+            if hit:
+                told.append(path.name)
+                break
+    return told
+
+
+# The KV cache's bytes per token, multi-head Llama-2-7B against grouped-query Llama-3-8B: computed
+# for both models (or with `kv_cache_table`, which sets a model's own heads against multi-head) or
+# quoted with a number.
+KV_CODE = (r"kv_cache_table\("
+           r"|(?=.*llama2_7b)(?=.*llama3_8b)(?=.*\bkv_(?:cache_bytes|bytes_per_token)\()")
+KV_PROSE = r"(?=.*Llama-2)(?=.*Llama-3)(?=.*\bmulti-head\b)(?=.*\bcache\b)"
+# The published training runs reproduced from the FLOP model: the entries of
+# `vishwamai.analysis.published`, the predictions in `published_runs.json`, or the attention
+# conventions' reconciliation quoted with a number.
+PUBLISHED_CODE = r"(?<![\w.])published\.(?:reproductions|reproduce|PUBLISHED|RUNS)\b|published_runs\.json"
+PUBLISHED_PROSE = (r"(?=.*\b(?:MaxText|torchtitan|Megatron)\b)(?=.*\bLlama[ -](?:2|3|3\.1)[ -](?:7|8)B\b)"
+                   r"(?=.*\bfull[- ]square\b|.*\bcausal\b)")  # the dense Llama runs (chapter 3d has the MoE ones)
+
+
+def test_the_kv_cache_comparison_is_told_once_in_the_memory_chapter():
+    assert _tellers(KV_CODE, KV_PROSE) == ["04_memory.ipynb"]
+
+
+def test_the_published_runs_are_reproduced_once_in_the_performance_chapter():
+    assert _tellers(PUBLISHED_CODE, PUBLISHED_PROSE) == ["05_performance.ipynb"]
+
+
+def test_the_told_once_checks_find_a_retelling(tmp_path):
+    """A chapter that computes the KV comparison or the published reproductions again is caught,
+    as the serving chapter's copies were."""
+    for name in ("04_memory.ipynb", "05_performance.ipynb"):
+        (tmp_path / name).write_text((BOOK / name).read_text())
+    copy = {"cells": [
+        {"cell_type": "code", "source": ["kv = serving.kv_cache_table(\"llama2_7b\")\n"]},
+        {"cell_type": "markdown", "source": [
+            "Llama-2-7B keeps all its query heads (multi-head), so its cache per token is "
+            "{glue:text}`kv_l2_over_l3`x Llama-3-8B's.\n"]},
+        {"cell_type": "code", "source": ["repro = published.reproductions()\n"]},
+        {"cell_type": "markdown", "source": [
+            "MaxText's Llama 3.1 8B MFU agrees under the full-square convention "
+            "(ratio {glue:text}`mt_ratio`).\n"]}]}
+    (tmp_path / "06_serving.ipynb").write_text(json.dumps(copy))
+    assert _tellers(KV_CODE, KV_PROSE, tmp_path) == ["04_memory.ipynb", "06_serving.ipynb"]
+    assert _tellers(PUBLISHED_CODE, PUBLISHED_PROSE, tmp_path) == ["05_performance.ipynb", "06_serving.ipynb"]
