@@ -80,6 +80,20 @@ def test_the_oom_crash_is_told_once_in_the_errata():
     assert told == ["appendix_errata.ipynb"], told
 
 
+def test_the_one_matrix_estimate_is_measured_once_and_the_errata_link_to_it():
+    """Chapter 3 sets the design notebook's attention-bytes formulas beside the measured scratch;
+    the errata correct the savings derived from them and link there rather than retell it."""
+    def markdown(name):
+        return "\n".join("".join(c["source"]) for c in json.loads((BOOK / name).read_text())["cells"]
+                         if c["cell_type"] == "markdown")
+
+    told = [p.name for p in sorted(BOOK.glob("[!.]*.ipynb"))
+            if re.search(r"batch\*heads\*T\*T\*2", markdown(p.name))]
+    assert told == ["03_tpu_optimizations.ipynb"], told
+    assert "(attn-one-matrix)=" in markdown("03_tpu_optimizations.ipynb")
+    assert "<attn-one-matrix>`" in markdown("appendix_errata.ipynb")
+
+
 def test_the_introduction_asks_each_chapter_its_own_question():
     intro = INTRO.read_text()
     for stem in toc_pages():
