@@ -176,6 +176,28 @@ def flops(cfg: ModelConfig | str, *, batch: int, seq_len: int, mode: str = "forw
             "tokens": tokens, "per_token": total / tokens, "layer": layer}
 
 
+def hlo_visible_flops(cfg: ModelConfig | str, *, batch: int, seq_len: int, remat: str | None = None,
+                      chips: int = 1, splash: bool = False) -> float:
+    """Hardware FLOPs per chip of one train step as a compiled program's HLO can count them.
+
+    `flops(mode='train')['hardware']` (remat's replay included, causal attention) divided over
+    `chips`; with `splash`, less every attention matmul (forward, backward and remat's replay):
+    the splash kernel runs them inside a Mosaic custom call, which XLA's FLOP count cannot see.
+    Checked against XLA:TPU's whole-step count of the committed grid rows (`tests/test_grid_rows.py`).
+    """
+    c = as_config(cfg)
+    validate.positive_int("chips", chips)
+    remat = c.remat if remat is None else remat
+    f = flops(c, batch=batch, seq_len=seq_len, mode="train", remat=remat)
+    hidden = 0.0
+    if splash:
+        per_layer = f["layer"]["attention"]
+        # remat's replay recomputes the attention under these policies (`remat_extra_flops`)
+        replayed = remat in ("full", "dots_no_batch", "qkv_proj")
+        hidden = (3 + replayed) * c.num_layers * per_layer
+    return (f["hardware"] - hidden) / chips
+
+
 def flops_per_token(cfg: ModelConfig | str, seq_len: int, *, mode: str = "train",
                     convention: str = "causal") -> dict:
     """Model FLOPs per token, with the textbook `2N` / `6N` approximation beside it.

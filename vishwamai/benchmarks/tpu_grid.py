@@ -264,9 +264,10 @@ def merge(paths: list[str], out: str, command: str, *, fp8: bool = True) -> dict
     by_key: dict = {}
     for part in parts:                     # a later file's row replaces an earlier one's
         for r in part["rows"]:
-            key = tuple(str(r.get(k)) for k in ("preset", "topology", "layout", "mode",
-                                                "batch_size", "seq_len", "dtype", "remat",
-                                                "expert_parallel"))
+            # rows compiled before the expert axis existed carry no 'expert_parallel': 1
+            key = tuple(str(r.get(k, 1 if k == "expert_parallel" else None))
+                        for k in ("preset", "topology", "layout", "mode", "batch_size",
+                                  "seq_len", "dtype", "remat", "expert_parallel"))
             by_key[key] = r
     # the planner's side recomputed with the current model (the compiler's side is the data)
     rows = [with_analytic(r) if r["status"] != "error" else r for r in by_key.values()]
